@@ -1,0 +1,14 @@
+"""Serializable Keras 3 layers for the Transformer encoder."""
+
+from keras_encoder.encoder_block import EncoderBlock
+from keras_encoder.multi_head_self_attention import MultiHeadSelfAttention
+from keras_encoder.positional_encoding import PositionalEncoding
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EncoderBlock",
+    "MultiHeadSelfAttention",
+    "PositionalEncoding",
+    "__version__",
+]

@@ -1,0 +1,67 @@
+"""Argument checks shared by the layers.
+
+Each raises `ValueError` in Keras's form, naming the argument and the value
+received, so a bad configuration fails at construction, not deep in a graph.
+"""
+
+import numbers
+
+import keras
+
+
+def invalid(name, expected, value):
+    return ValueError(
+        f"Received an invalid value for argument `{name}`: expected "
+        f"{expected}. Received: {name}={value!r}"
+    )
+
+
+def positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value <= 0
+    ):
+        raise invalid(name, "a positive integer", value)
+    return int(value)
+
+
+def rate(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0.0 <= value < 1.0
+    ):
+        raise invalid(name, "a float in [0, 1)", value)
+    return float(value)
+
+
+def positive_float(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not value > 0.0
+    ):
+        raise invalid(name, "a positive float", value)
+    return float(value)
+
+
+def activation(value):
+    try:
+        fn = keras.activations.get(value)
+    except (ValueError, TypeError):
+        fn = None
+    if fn is None or value is None:
+        raise invalid(
+            "activation",
+            "a Keras activation name such as 'relu' or 'gelu', or a callable",
+            value,
+        )
+    return fn
+
+
+def clone_initializer(initializer):
+    """A fresh copy, so sublayers never share one seeded initializer."""
+    return initializer.__class__.from_config(initializer.get_config())

@@ -1,0 +1,196 @@
+"""The masking contract, in one place.
+
+Every mask means the same thing everywhere: True (or a non-zero integer)
+means "may attend" / "is a real token". All sources combine with logical AND:
+
+- the implicit Keras mask carried by the inputs (`Embedding(mask_zero=True)`
+  and any layer that passes a mask on), shape (B, S);
+- an explicit `mask=` call argument, shape (B, S);
+- an explicit `attention_mask=`, shape (B, S, S) or (B, H, S, S) where H is
+  the number of heads or 1;
+- `use_causal_mask=True`: position i attends to positions j <= i.
+
+A padding mask hides padded keys from every query and marks padded queries
+as fully masked. Masked scores are replaced with `where` (never an additive
+constant, which overflows in float16), softmax runs in float32, and
+probabilities at masked positions are set to exactly zero after the softmax.
+A query with no key to attend to therefore gets an all-zero attention row:
+finite values and finite gradients, never NaN.
+
+Only `keras.ops` is used, and no `x[..., None]` indexing: on dynamic shapes
+that lowers to a Flex StridedSlice in TFLite; `ops.expand_dims` does not.
+"""
+
+from keras import ops
+
+try:  # Reads masks on every backend (JAX arrays cannot carry attributes).
+    from keras.src.backend import get_keras_mask as _get_keras_mask
+except ImportError:  # pragma: no cover - older or reorganised Keras.
+
+    def _get_keras_mask(x):
+        return getattr(x, "_keras_mask", None)
+
+
+# Fill for masked scores in the float32 softmax: large enough that
+# exp(fill - max) is exactly 0 in float32 against any real score, small
+# enough that fill - max never overflows to -inf.
+_SOFTMAX_FILL = -1e9
+
+
+def _dtype_name(x):
+    return getattr(x.dtype, "name", str(x.dtype))
+
+
+def _as_bool(mask):
+    return mask if _dtype_name(mask) == "bool" else ops.cast(mask, "bool")
+
+
+def _check_mask_dtype(name, mask):
+    dtype = _dtype_name(mask)
+    if dtype != "bool" and "int" not in dtype:
+        raise TypeError(
+            f"`{name}` must be boolean or integer (True/1 = attend). "
+            f"Received: {name}.dtype={dtype}"
+        )
+
+
+def _check_dims(name, shape, expected):
+    """Raise if a known dimension of `shape` disagrees with `expected`.
+
+    `expected` holds a dimension, None (anything goes) or a tuple of allowed
+    values for each axis.
+    """
+    for axis, (got, want) in enumerate(zip(shape, expected, strict=True)):
+        if got is None or want is None:
+            continue
+        allowed = want if isinstance(want, tuple) else (want,)
+        if None not in allowed and got not in allowed:
+            raise ValueError(
+                f"`{name}` has shape {tuple(shape)}, which does not match the "
+                f"inputs: axis {axis} should be "
+                f"{' or '.join(str(a) for a in allowed)}. Received: "
+                f"{name}.shape={tuple(shape)}"
+            )
+
+
+def check_inputs(inputs):
+    """The (B, S, D) float input every layer of the package takes."""
+    if len(inputs.shape) != 3:
+        raise ValueError(
+            "Expected `inputs` of rank 3, (batch, sequence, features). "
+            f"Received: inputs.shape={tuple(inputs.shape)}"
+        )
+    dtype = _dtype_name(inputs)
+    if "float" not in dtype:
+        raise TypeError(
+            "Expected floating-point `inputs` (embed token ids first, e.g. "
+            f"with keras.layers.Embedding). Received: inputs.dtype={dtype}"
+        )
+
+
+def _padding_sources(inputs, mask):
+    """The distinct (B, S) padding masks: explicit, then implicit."""
+    sources = []
+    for m in (mask, _get_keras_mask(inputs)):
+        if m is not None and not any(m is seen for seen in sources):
+            sources.append(m)
+    return sources
+
+
+def check_call(inputs, num_heads, mask=None, attention_mask=None):
+    """Validate a layer call's inputs and masks against the contract."""
+    check_inputs(inputs)
+    batch, length = inputs.shape[0], inputs.shape[1]
+    for m in _padding_sources(inputs, mask):
+        if len(m.shape) != 2:
+            raise ValueError(
+                "Expected `mask` of rank 2, (batch, sequence). "
+                f"Received: mask.shape={tuple(m.shape)}"
+            )
+        _check_mask_dtype("mask", m)
+        _check_dims("mask", m.shape, (batch, length))
+    if attention_mask is None:
+        return
+    rank = len(attention_mask.shape)
+    if rank not in (3, 4):
+        raise ValueError(
+            "Expected `attention_mask` of rank 3, (batch, S, S), or rank 4, "
+            "(batch, num_heads, S, S). Received: "
+            f"attention_mask.shape={tuple(attention_mask.shape)}"
+        )
+    _check_mask_dtype("attention_mask", attention_mask)
+    heads = () if rank == 3 else ((num_heads, 1),)
+    _check_dims(
+        "attention_mask",
+        attention_mask.shape,
+        ((batch, 1), *heads, length, length),
+    )
+
+
+def padding_mask(inputs, mask=None):
+    """The (B, S) padding mask: explicit `mask` AND the implicit Keras mask.
+
+    Returns None when neither is set.
+    """
+    merged = None
+    for m in _padding_sources(inputs, mask):
+        m = _as_bool(m)
+        merged = m if merged is None else ops.logical_and(merged, m)
+    return merged
+
+
+def causal_mask(length):
+    """(S, S) boolean lower-triangular mask: True where key <= query."""
+    positions = ops.arange(length)
+    return ops.greater_equal(
+        ops.expand_dims(positions, 1), ops.expand_dims(positions, 0)
+    )
+
+
+def attention_mask_for(
+    inputs,
+    mask=None,
+    attention_mask=None,
+    use_causal_mask=False,
+):
+    """Merge every mask source into one boolean (B, 1 or H, S, S) mask.
+
+    Call `check_call` first. Returns None when nothing is masked, so the
+    unmasked path stays lean.
+    """
+    merged = None
+    pad = padding_mask(inputs, mask)
+    if pad is not None:
+        # Padded keys are hidden from every query, and padded queries attend
+        # to nothing: their attention output is zero.
+        pad = ops.expand_dims(pad, 1)  # (B, 1, S)
+        merged = ops.logical_and(
+            ops.expand_dims(pad, 3),  # (B, 1, S, 1)
+            ops.expand_dims(pad, 2),  # (B, 1, 1, S)
+        )
+    if attention_mask is not None:
+        extra = _as_bool(attention_mask)
+        if len(attention_mask.shape) == 3:
+            extra = ops.expand_dims(extra, 1)  # (B, 1, S, S)
+        merged = extra if merged is None else ops.logical_and(merged, extra)
+    if use_causal_mask:
+        causal = causal_mask(ops.shape(inputs)[1])
+        causal = ops.expand_dims(ops.expand_dims(causal, 0), 0)  # (1,1,S,S)
+        merged = causal if merged is None else ops.logical_and(merged, causal)
+    return merged
+
+
+def masked_softmax(scores, mask=None):
+    """Softmax over the last axis in float32, exactly 0 where masked.
+
+    Rows with no attendable key come out all zero, not uniform and not NaN.
+    """
+    scores = ops.cast(scores, "float32")
+    if scores.shape[-1] == 1:
+        # A single key gets all the weight (Keras warns on a size-1 softmax).
+        probs = ops.ones_like(scores)
+    elif mask is None:
+        return ops.softmax(scores, axis=-1)
+    else:
+        probs = ops.softmax(ops.where(mask, scores, _SOFTMAX_FILL), axis=-1)
+    return probs if mask is None else ops.where(mask, probs, 0.0)

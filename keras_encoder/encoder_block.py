@@ -1,0 +1,274 @@
+import keras
+
+from keras_encoder import _checks
+from keras_encoder import _masking
+from keras_encoder.multi_head_self_attention import MultiHeadSelfAttention
+
+
+@keras.saving.register_keras_serializable(package="keras_encoder")
+class EncoderBlock(keras.layers.Layer):
+    """One Transformer encoder block: self-attention, then feed-forward.
+
+    Two sublayers, each with dropout on its output, a residual connection
+    and layer normalisation: multi-head self-attention, then a position-wise
+    feed-forward network `Dense(intermediate_dim, activation)` followed by
+    `Dense(width)`. By default normalisation comes after each residual sum
+    (post-LN, as in Vaswani et al., 2017):
+    `x = LayerNorm(x + Dropout(Sublayer(x)))`. With `norm_first=True` it
+    comes before each sublayer (pre-LN, as in GPT-2 and
+    `torch.nn.TransformerEncoderLayer(norm_first=True)`):
+    `x = x + Dropout(Sublayer(LayerNorm(x)))`.
+
+    Masking follows the package's single contract, exactly as in
+    `MultiHeadSelfAttention`: True (or 1) means "attend", and the implicit
+    Keras mask, `mask`, `attention_mask` and `use_causal_mask` combine with
+    logical AND. Padded content never changes outputs at real positions,
+    a fully padded sequence gives finite outputs and gradients, and the
+    padding mask is passed on, so blocks stack in functional models.
+
+    Args:
+        num_heads: int, number of attention heads.
+        intermediate_dim: int, hidden size of the feed-forward network.
+        dropout: float in [0, 1), dropout rate on each sublayer's output.
+            Defaults to `0.0`.
+        attention_dropout: float in [0, 1), dropout rate on the attention
+            probabilities. Defaults to `0.0`.
+        activation: activation of the feed-forward network, a Keras
+            activation name (`"relu"`, `"gelu"` (exact), `"silu"`, ...) or
+            a callable. Defaults to `"relu"`.
+        norm_first: bool, pre-LN when `True`, post-LN when `False`.
+            Defaults to `False`.
+        layer_norm_epsilon: float, epsilon of both layer normalisations.
+            Defaults to `1e-5` (PyTorch's default).
+        key_dim: int, size of each attention head. Defaults to `None`,
+            meaning `width // num_heads`.
+        use_bias: bool, whether the dense layers have biases. Defaults to
+            `True`.
+        kernel_initializer: initializer for all dense kernels. Defaults to
+            `"glorot_uniform"`.
+        bias_initializer: initializer for all dense biases. Defaults to
+            `"zeros"`.
+        **kwargs: base layer arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: float tensor of shape (B, S, D).
+        mask: optional boolean or integer tensor of shape (B, S), True for
+            real tokens. ANDed with the implicit Keras mask of `inputs`.
+        attention_mask: optional boolean or integer tensor of shape
+            (B, S, S) or (B, num_heads, S, S), True where query i may attend
+            to key j.
+        use_causal_mask: bool, whether query i may only attend to keys
+            j <= i. Defaults to `False`.
+        return_attention_scores: bool, whether to also return the attention
+            probabilities. Defaults to `False`.
+        training: bool, whether dropout is active.
+
+    Returns:
+        A tensor of the input's shape, or `(output, scores)` with `scores`
+        of shape (B, num_heads, S, S) when `return_attention_scores=True`.
+
+    Example:
+
+    >>> tokens = keras.Input((None,), dtype="int32")
+    >>> x = keras.layers.Embedding(1000, 64, mask_zero=True)(tokens)
+    >>> x = PositionalEncoding(max_length=128)(x)
+    >>> x = EncoderBlock(num_heads=4, intermediate_dim=128)(x)
+    >>> x = EncoderBlock(num_heads=4, intermediate_dim=128)(x)
+    >>> pooled = keras.layers.GlobalAveragePooling1D()(x)
+    >>> model = keras.Model(tokens, keras.layers.Dense(2)(pooled))
+
+    References:
+        - [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762)
+        - [Xiong et al., 2020](https://arxiv.org/abs/2002.04745) (pre-LN)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation="relu",
+        norm_first=False,
+        layer_norm_epsilon=1e-5,
+        key_dim=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = _checks.positive_int("num_heads", num_heads)
+        self.intermediate_dim = _checks.positive_int(
+            "intermediate_dim", intermediate_dim
+        )
+        self.dropout = _checks.rate("dropout", dropout)
+        self.attention_dropout = _checks.rate(
+            "attention_dropout", attention_dropout
+        )
+        self.activation = _checks.activation(activation)
+        self.norm_first = bool(norm_first)
+        self.layer_norm_epsilon = _checks.positive_float(
+            "layer_norm_epsilon", layer_norm_epsilon
+        )
+        self.key_dim = _checks.positive_int("key_dim", key_dim, True)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def _initializers(self):
+        return {
+            "kernel_initializer": _checks.clone_initializer(
+                self.kernel_initializer
+            ),
+            "bias_initializer": _checks.clone_initializer(
+                self.bias_initializer
+            ),
+        }
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        if len(input_shape) != 3 or width is None:
+            raise ValueError(
+                "Expected `inputs` of rank 3, (batch, sequence, features), "
+                f"with a known feature size. Received: input_shape="
+                f"{tuple(input_shape)}"
+            )
+        dtype = self.dtype_policy
+        # Self-attention sublayer.
+        self.attention = MultiHeadSelfAttention(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            dropout=self.attention_dropout,
+            use_bias=self.use_bias,
+            dtype=dtype,
+            name="self_attention",
+            **self._initializers(),
+        )
+        self.attention.build(input_shape)
+        self.attention_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon,
+            dtype=dtype,
+            name="self_attention_layer_norm",
+        )
+        self.attention_layer_norm.build(input_shape)
+        self.attention_dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=dtype, name="self_attention_dropout"
+        )
+        # Feed-forward sublayer.
+        self.intermediate_dense = keras.layers.Dense(
+            self.intermediate_dim,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            dtype=dtype,
+            name="feedforward_intermediate_dense",
+            **self._initializers(),
+        )
+        self.intermediate_dense.build(input_shape)
+        self.output_dense = keras.layers.Dense(
+            width,
+            use_bias=self.use_bias,
+            dtype=dtype,
+            name="feedforward_output_dense",
+            **self._initializers(),
+        )
+        self.output_dense.build((*input_shape[:-1], self.intermediate_dim))
+        self.feedforward_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon,
+            dtype=dtype,
+            name="feedforward_layer_norm",
+        )
+        self.feedforward_layer_norm.build(input_shape)
+        self.feedforward_dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=dtype, name="feedforward_dropout"
+        )
+        self.built = True
+
+    def call(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+    ):
+        _masking.check_call(inputs, self.num_heads, mask, attention_mask)
+        # The merged padding mask is passed explicitly: normalising the
+        # inputs first would drop the implicit Keras mask.
+        mask = _masking.padding_mask(inputs, mask)
+
+        x = inputs
+        residual = x
+        if self.norm_first:
+            x = self.attention_layer_norm(x)
+        x, scores = self.attention(
+            x,
+            mask=mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            return_attention_scores=True,
+            training=training,
+        )
+        x = residual + self.attention_dropout_layer(x, training=training)
+        if not self.norm_first:
+            x = self.attention_layer_norm(x)
+
+        residual = x
+        if self.norm_first:
+            x = self.feedforward_layer_norm(x)
+        x = self.output_dense(self.intermediate_dense(x))
+        x = residual + self.feedforward_dropout_layer(x, training=training)
+        if not self.norm_first:
+            x = self.feedforward_layer_norm(x)
+
+        if return_attention_scores:
+            return x, scores
+        return x
+
+    def compute_mask(self, inputs, mask=None):
+        return _masking.padding_mask(inputs, mask)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_output_spec(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+    ):
+        return self.attention.compute_output_spec(
+            inputs,
+            mask=mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            return_attention_scores=return_attention_scores,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "activation": keras.activations.serialize(self.activation),
+                "norm_first": self.norm_first,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "key_dim": self.key_dim,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+            }
+        )
+        return config

@@ -1,0 +1,235 @@
+import math
+
+import keras
+from keras import ops
+
+from keras_encoder import _checks
+from keras_encoder import _masking
+
+
+@keras.saving.register_keras_serializable(package="keras_encoder")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product self-attention.
+
+    Projects the inputs to queries, keys and values for each of `num_heads`
+    heads, computes `softmax(Q K^T / sqrt(key_dim)) V` per head, concatenates
+    the heads and projects back to the input width (Vaswani et al., 2017).
+
+    Masking follows the package's single contract: True (or 1) means
+    "attend", and every source is combined with logical AND: the implicit
+    Keras mask of `inputs`, `mask`, `attention_mask` and `use_causal_mask`.
+    Scores are masked with `where` and the softmax runs in float32 (also
+    under mixed precision). Padded queries, and any query left with no key
+    to attend to, get an all-zero attention row, so the output is finite
+    there and padded content never reaches real positions. The padding
+    mask is passed on to the next layer.
+
+    Args:
+        num_heads: int, number of attention heads.
+        key_dim: int, size of each head for queries and keys. Defaults to
+            `None`, meaning `width // num_heads`, where `width` is the last
+            dimension of the inputs (which must then divide evenly).
+        value_dim: int, size of each head for values. Defaults to `None`,
+            meaning `key_dim`.
+        dropout: float in [0, 1), dropout rate on the attention
+            probabilities. Defaults to `0.0`.
+        use_bias: bool, whether the projections have biases. Defaults to
+            `True`.
+        kernel_initializer: initializer for the projection kernels.
+            Defaults to `"glorot_uniform"`.
+        bias_initializer: initializer for the projection biases. Defaults
+            to `"zeros"`.
+        **kwargs: base layer arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: float tensor of shape (B, S, D).
+        mask: optional boolean or integer tensor of shape (B, S), True for
+            real tokens. ANDed with the implicit Keras mask of `inputs`.
+        attention_mask: optional boolean or integer tensor of shape
+            (B, S, S) or (B, num_heads, S, S) (the head axis may be 1),
+            True where query i may attend to key j.
+        use_causal_mask: bool, whether query i may only attend to keys
+            j <= i. Defaults to `False`.
+        return_attention_scores: bool, whether to also return the attention
+            probabilities. Defaults to `False`.
+        training: bool, whether dropout is active.
+
+    Returns:
+        A tensor of shape (B, S, D), or `(output, scores)` with `scores`
+        of shape (B, num_heads, S, S) when `return_attention_scores=True`.
+
+    Example:
+
+    >>> layer = MultiHeadSelfAttention(num_heads=4)
+    >>> x = np.random.rand(2, 10, 32).astype("float32")
+    >>> mask = np.arange(10)[None, :] < np.array([[7], [10]])
+    >>> layer(x, mask=mask).shape
+    (2, 10, 32)
+
+    References:
+        - [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim=None,
+        value_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = _checks.positive_int("num_heads", num_heads)
+        self.key_dim = _checks.positive_int("key_dim", key_dim, True)
+        self.value_dim = _checks.positive_int("value_dim", value_dim, True)
+        self.dropout = _checks.rate("dropout", dropout)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        if len(input_shape) != 3 or width is None:
+            raise ValueError(
+                "Expected `inputs` of rank 3, (batch, sequence, features), "
+                f"with a known feature size. Received: input_shape="
+                f"{tuple(input_shape)}"
+            )
+        if self.key_dim is None and width % self.num_heads:
+            raise ValueError(
+                "Received an invalid value for argument `num_heads`: the "
+                f"input width {width} must be divisible by num_heads when "
+                f"key_dim is not given. Received: num_heads={self.num_heads}"
+            )
+        self._head_key_dim = self.key_dim or width // self.num_heads
+        self._head_value_dim = self.value_dim or self._head_key_dim
+
+        def dense(units, name):
+            return keras.layers.Dense(
+                units,
+                use_bias=self.use_bias,
+                kernel_initializer=_checks.clone_initializer(
+                    self.kernel_initializer
+                ),
+                bias_initializer=_checks.clone_initializer(
+                    self.bias_initializer
+                ),
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        heads = self.num_heads
+        self.query_dense = dense(heads * self._head_key_dim, "query")
+        self.query_dense.build(input_shape)
+        self.key_dense = dense(heads * self._head_key_dim, "key")
+        self.key_dense.build(input_shape)
+        self.value_dense = dense(heads * self._head_value_dim, "value")
+        self.value_dense.build(input_shape)
+        self.output_dense = dense(width, "attention_output")
+        self.output_dense.build(
+            (*input_shape[:-1], heads * self._head_value_dim)
+        )
+        self.dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_dropout"
+        )
+        self.built = True
+
+    def _split_heads(self, x, head_dim):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (batch, length, self.num_heads, head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))  # (B, H, S, Dh)
+
+    def call(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+    ):
+        _masking.check_call(inputs, self.num_heads, mask, attention_mask)
+        merged_mask = _masking.attention_mask_for(
+            inputs,
+            mask=mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+        )
+        scale = 1.0 / math.sqrt(self._head_key_dim)
+        query = self._split_heads(
+            self.query_dense(inputs) * ops.cast(scale, self.compute_dtype),
+            self._head_key_dim,
+        )
+        key = self._split_heads(self.key_dense(inputs), self._head_key_dim)
+        value = self._split_heads(
+            self.value_dense(inputs), self._head_value_dim
+        )
+
+        # Scores and softmax in float32, so float16 cannot overflow them.
+        scores = ops.matmul(
+            ops.cast(query, "float32"),
+            ops.transpose(ops.cast(key, "float32"), (0, 1, 3, 2)),
+        )  # (B, H, S, S)
+        probs = ops.cast(
+            _masking.masked_softmax(scores, merged_mask), self.compute_dtype
+        )
+        context = ops.matmul(
+            self.dropout_layer(probs, training=training), value
+        )  # (B, H, S, Dv)
+        context = ops.transpose(context, (0, 2, 1, 3))  # (B, S, H, Dv)
+        batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        context = ops.reshape(
+            context, (batch, length, self.num_heads * self._head_value_dim)
+        )
+        outputs = self.output_dense(context)
+        if return_attention_scores:
+            return outputs, probs
+        return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        return _masking.padding_mask(inputs, mask)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_output_spec(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+    ):
+        _masking.check_call(inputs, self.num_heads, mask, attention_mask)
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return outputs
+        batch, length = inputs.shape[0], inputs.shape[1]
+        scores = keras.KerasTensor(
+            (batch, self.num_heads, length, length), dtype=self.compute_dtype
+        )
+        return outputs, scores
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+            }
+        )
+        return config

@@ -1,0 +1,132 @@
+"""Shared test helpers: the generic layer checks, done once."""
+
+import os
+
+import keras
+import numpy as np
+
+import keras_encoder
+
+
+def attention_weights(layer):
+    """[Wq, bq, Wk, bk, Wv, bv, Wo, bo] of a MultiHeadSelfAttention."""
+    dense = (
+        layer.query_dense,
+        layer.key_dense,
+        layer.value_dense,
+        layer.output_dense,
+    )
+    return [w for d in dense for w in (d.kernel.numpy(), d.bias.numpy())]
+
+
+def block_weights(block):
+    """Block weights in the order `numpy_reference.encoder_block` takes."""
+    rest = (
+        block.attention_layer_norm.gamma,
+        block.attention_layer_norm.beta,
+        block.intermediate_dense.kernel,
+        block.intermediate_dense.bias,
+        block.output_dense.kernel,
+        block.output_dense.bias,
+        block.feedforward_layer_norm.gamma,
+        block.feedforward_layer_norm.beta,
+    )
+    return attention_weights(block.attention) + [w.numpy() for w in rest]
+
+
+def randomize_weights(layer, seed=0, scale=0.5):
+    """Non-trivial biases and LayerNorm parameters, so tests see them."""
+    rng = np.random.default_rng(seed)
+    layer.set_weights(
+        [
+            rng.normal(0.0, scale, w.shape).astype("float32")
+            + (1.0 if w.path.endswith("gamma") else 0.0)
+            for w in layer.weights
+        ]
+    )
+
+
+def padding_mask(lengths, length):
+    return np.arange(length)[None, :] < np.asarray(lengths)[:, None]
+
+
+def _outputs(layer, x):
+    out = layer(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def run_layer_test(cls, init_kwargs, width=16, tmp_path=None):
+    """The checks every layer must pass, for one configuration.
+
+    - config round trip (from_config and keras serialization);
+    - symbolic output spec equals eager output shape, for a static and a
+      dynamic sequence length, and for two different lengths eagerly;
+    - one training step moves every trainable weight, with a finite loss;
+    - mixed_float16 and mixed_bfloat16: outputs in the compute dtype,
+      float32 variables, finite values;
+    - `.keras` save and reload inside a functional model: same outputs.
+    """
+    rng = np.random.default_rng(0)
+
+    # Config round trip.
+    layer = cls(**init_kwargs)
+    config = layer.get_config()
+    assert cls.from_config(config).get_config() == config
+    serialized = keras.saving.serialize_keras_object(layer)
+    assert serialized["registered_name"] == f"keras_encoder>{cls.__name__}"
+    clone = keras.saving.deserialize_keras_object(serialized)
+    assert isinstance(clone, cls) and clone.get_config() == config
+
+    # Symbolic vs eager shapes.
+    for symbolic_shape in ((3, 7, width), (None, None, width)):
+        symbolic = _outputs(
+            cls(**init_kwargs), keras.KerasTensor(symbolic_shape)
+        )
+        assert tuple(symbolic.shape) == symbolic_shape
+    for length in (7, 4):
+        x = rng.normal(size=(3, length, width)).astype("float32")
+        eager = _outputs(layer, x)
+        assert tuple(eager.shape) == x.shape
+        assert layer.compute_output_shape(x.shape) == x.shape
+
+    # One training step.
+    inputs = keras.Input((None, width))
+    model = keras.Model(inputs, _outputs(cls(**init_kwargs), inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x = rng.normal(size=(4, 6, width)).astype("float32")
+    y = rng.normal(size=(4, 6, width)).astype("float32")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    for w, old in zip(model.trainable_weights, before, strict=True):
+        if w.path.endswith("key/bias"):
+            # q . b_k is the same for every key of a query, so softmax
+            # cancels it: its gradient is zero by construction.
+            continue
+        assert not np.allclose(w.numpy(), old), f"{w.path} did not train"
+
+    # Mixed precision.
+    for policy in ("mixed_float16", "mixed_bfloat16"):
+        mixed = cls(**init_kwargs, dtype=policy)
+        out = _outputs(mixed, x)
+        assert keras.backend.standardize_dtype(out.dtype) == policy[6:]
+        assert all(w.dtype == "float32" for w in mixed.weights)
+        assert np.isfinite(
+            keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
+        ).all()
+
+    # .keras save and reload.
+    if tmp_path is not None:
+        path = os.path.join(tmp_path, "layer.keras")
+        model.save(path)
+        reloaded = keras.saving.load_model(path)
+        np.testing.assert_array_equal(
+            model.predict(x, verbose=0), reloaded.predict(x, verbose=0)
+        )
+
+
+PUBLIC_LAYERS = (
+    keras_encoder.MultiHeadSelfAttention,
+    keras_encoder.PositionalEncoding,
+    keras_encoder.EncoderBlock,
+)

@@ -1,0 +1,195 @@
+"""Constructor arguments: all in get_config, bad ones rejected clearly."""
+
+import inspect
+
+import keras
+import pytest
+
+import keras_encoder
+from keras_encoder import EncoderBlock
+from keras_encoder import MultiHeadSelfAttention
+from keras_encoder import PositionalEncoding
+from tests.helpers import PUBLIC_LAYERS
+
+REQUIRED = {
+    MultiHeadSelfAttention: {"num_heads": 2},
+    PositionalEncoding: {"max_length": 4},
+    EncoderBlock: {"num_heads": 2, "intermediate_dim": 4},
+}
+
+
+def test_public_api():
+    assert sorted(keras_encoder.__all__) == sorted(
+        [
+            "EncoderBlock",
+            "MultiHeadSelfAttention",
+            "PositionalEncoding",
+            "__version__",
+        ]
+    )
+    assert keras_encoder.__version__
+
+
+@pytest.mark.parametrize("cls", PUBLIC_LAYERS, ids=lambda c: c.__name__)
+def test_get_config_covers_every_constructor_argument(cls):
+    params = [
+        p
+        for p in inspect.signature(cls.__init__).parameters
+        if p not in ("self", "kwargs")
+    ]
+    config = cls(**REQUIRED[cls]).get_config()
+    assert set(params) <= set(config), set(params) - set(config)
+    for name in REQUIRED[cls]:
+        assert config[name] == REQUIRED[cls][name]
+
+
+@pytest.mark.parametrize("cls", PUBLIC_LAYERS, ids=lambda c: c.__name__)
+def test_non_default_config_round_trips(cls):
+    """Every argument, set away from its default, survives the round trip."""
+    non_default = {
+        "key_dim": 3,
+        "value_dim": 5,
+        "dropout": 0.25,
+        "use_bias": False,
+        "kernel_initializer": keras.initializers.HeNormal(seed=3),
+        "bias_initializer": "ones",
+        "attention_dropout": 0.125,
+        "activation": "gelu",
+        "norm_first": True,
+        "layer_norm_epsilon": 1e-6,
+        "mode": "learned",
+        "embeddings_initializer": keras.initializers.RandomNormal(0.0, 0.02),
+    }
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {
+        **REQUIRED[cls],
+        **{k: v for k, v in non_default.items() if k in params},
+    }
+    assert set(kwargs) == set(params) - {"self", "kwargs"}
+    config = cls(**kwargs).get_config()
+    restored = cls.from_config(config)
+    assert restored.get_config() == config
+    for name, value in kwargs.items():
+        if name.endswith("_initializer"):
+            assert config[name] == keras.initializers.serialize(
+                keras.initializers.get(value)
+            ), name
+        elif name == "activation":
+            assert config[name] == "gelu"
+        else:
+            assert config[name] == value, name
+
+
+BAD_ARGUMENTS = [
+    (
+        MultiHeadSelfAttention,
+        {"num_heads": 0},
+        "num_heads",
+        "a positive integer",
+        "0",
+    ),
+    (
+        MultiHeadSelfAttention,
+        {"num_heads": 2.5},
+        "num_heads",
+        "a positive integer",
+        "2.5",
+    ),
+    (
+        MultiHeadSelfAttention,
+        {"num_heads": 2, "key_dim": -1},
+        "key_dim",
+        "a positive integer",
+        "-1",
+    ),
+    (
+        MultiHeadSelfAttention,
+        {"num_heads": 2, "value_dim": 0},
+        "value_dim",
+        "a positive integer",
+        "0",
+    ),
+    (
+        MultiHeadSelfAttention,
+        {"num_heads": 2, "dropout": 1.0},
+        "dropout",
+        r"a float in \[0, 1\)",
+        "1.0",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": -2, "intermediate_dim": 4},
+        "num_heads",
+        "a positive integer",
+        "-2",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 0},
+        "intermediate_dim",
+        "a positive integer",
+        "0",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "activation": "nope"},
+        "activation",
+        "a Keras activation name such as .relu. or .gelu., or a callable",
+        "'nope'",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "activation": None},
+        "activation",
+        "a Keras activation name such as .relu. or .gelu., or a callable",
+        "None",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "attention_dropout": -0.1},
+        "attention_dropout",
+        r"a float in \[0, 1\)",
+        "-0.1",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "layer_norm_epsilon": 0},
+        "layer_norm_epsilon",
+        "a positive float",
+        "0",
+    ),
+    (
+        PositionalEncoding,
+        {"max_length": 0},
+        "max_length",
+        "a positive integer",
+        "0",
+    ),
+    (
+        PositionalEncoding,
+        {"max_length": 8, "mode": "rotary"},
+        "mode",
+        r"one of \('sinusoidal', 'learned'\)",
+        "'rotary'",
+    ),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,name,expected,received", BAD_ARGUMENTS)
+def test_bad_arguments_raise_value_error(cls, kwargs, name, expected, received):
+    message = (
+        rf"Received an invalid value for argument `{name}`: expected "
+        rf"{expected}. Received: {name}={received}$"
+    )
+    with pytest.raises(ValueError, match=message):
+        cls(**kwargs)
+
+
+def test_block_checks_width_against_heads_at_build():
+    block = EncoderBlock(num_heads=3, intermediate_dim=8)
+    with pytest.raises(
+        ValueError,
+        match=r"width 8 must be divisible by "
+        r"num_heads .* Received: num_heads=3",
+    ):
+        block.build((None, None, 8))

@@ -1,0 +1,105 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_encoder import EncoderBlock
+from tests import numpy_reference as ref
+from tests.helpers import block_weights
+from tests.helpers import padding_mask
+from tests.helpers import randomize_weights
+
+
+def _block(x, seed=0, **kwargs):
+    block = EncoderBlock(**kwargs)
+    block.build(x.shape)
+    randomize_weights(block, seed)
+    return block
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("masks", ["none", "padding", "padding+causal"])
+def test_matches_numpy_reference(norm_first, activation, masks):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 6, 8)).astype("float32")
+    block = _block(
+        x,
+        num_heads=2,
+        intermediate_dim=16,
+        activation=activation,
+        norm_first=norm_first,
+        layer_norm_epsilon=1e-5,
+    )
+    kwargs = {}
+    if masks != "none":
+        kwargs["mask"] = padding_mask([6, 3, 0], 6)
+    causal = masks.endswith("causal")
+    got = block(x, use_causal_mask=causal, **kwargs)
+    expected = ref.encoder_block(
+        x,
+        block_weights(block),
+        2,
+        4,
+        activation,
+        norm_first,
+        1e-5,
+        causal=causal,
+        **kwargs,
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_custom_key_dim_and_epsilon_match_numpy_reference():
+    x = np.random.default_rng(6).normal(size=(2, 5, 6)).astype("float32")
+    block = _block(
+        x,
+        num_heads=3,
+        intermediate_dim=7,
+        key_dim=5,
+        layer_norm_epsilon=1e-3,
+        activation="tanh",
+    )
+    am = np.random.default_rng(7).random((2, 3, 5, 5)) > 0.3
+    got = block(x, attention_mask=am)
+    expected = ref.encoder_block(
+        x, block_weights(block), 3, 5, "tanh", False, 1e-3, attention_mask=am
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_hand_set_weights():
+    """All dense weights zero: both sublayers add 0 to the residual.
+
+    So post-LN gives LayerNorm(LayerNorm(x)) and pre-LN gives x.
+    """
+    x = np.random.default_rng(0).normal(size=(2, 4, 6)).astype("float32")
+    once = ref.layer_norm(np.float64(x), 1.0, 0.0, 1e-5)
+    for norm_first, expected in [
+        (False, ref.layer_norm(once, 1.0, 0.0, 1e-5)),
+        (True, x),
+    ]:
+        block = EncoderBlock(
+            2, 8, norm_first=norm_first, kernel_initializer="zeros"
+        )
+        np.testing.assert_allclose(block(x), expected, atol=1e-5)
+
+
+def test_attention_scores_and_mask_are_passed_on():
+    tokens = np.array([[4, 2, 7, 0], [0, 0, 0, 0]])
+    embedded = keras.layers.Embedding(10, 8, mask_zero=True)(tokens)
+    block = EncoderBlock(num_heads=2, intermediate_dim=8)
+    out, scores = block(embedded, return_attention_scores=True)
+    assert out.shape == (2, 4, 8) and scores.shape == (2, 2, 4, 4)
+    np.testing.assert_array_equal(out._keras_mask, tokens != 0)
+    assert (scores.numpy()[0, :, :, 3] == 0).all()
+    assert (scores.numpy()[1] == 0).all()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_dropout_only_in_training(norm_first):
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    block = EncoderBlock(
+        2, 16, dropout=0.5, attention_dropout=0.5, norm_first=norm_first
+    )
+    np.testing.assert_array_equal(block(x), block(x, training=False))
+    assert not np.allclose(block(x, training=True), block(x))

@@ -1,0 +1,336 @@
+"""The masking contract, checked for every entry point.
+
+True/1 = attend; the implicit Keras mask, `mask`, `attention_mask` and
+`use_causal_mask` combine with AND; padded content never reaches real
+positions; fully padded rows are finite with finite gradients, in float32,
+mixed_float16 and mixed_bfloat16.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import Phase
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from keras_encoder import EncoderBlock
+from keras_encoder import MultiHeadSelfAttention
+from keras_encoder import PositionalEncoding
+from tests import numpy_reference as ref
+from tests.helpers import attention_weights
+from tests.helpers import padding_mask
+from tests.helpers import randomize_weights
+
+# No "explain" phase: its line tracer trips over Keras's recursion.
+FUZZ = settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+)
+
+
+def _value_and_gradients(layer, x, loss_mask=None, **kwargs):
+    """Output and d(loss)/d(inputs and weights), where the loss is the sum
+    of squared outputs at the positions where `loss_mask` is True (all by
+    default)."""
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = layer(x, **kwargs)
+        squares = tf.square(tf.cast(out, "float32"))
+        if loss_mask is not None:
+            squares = tf.where(loss_mask[..., None], squares, 0.0)
+        loss = tf.reduce_sum(squares)
+    weights = [w.value for w in layer.trainable_weights]  # tf.Variables
+    grads = tape.gradient(
+        loss, [x, *weights], unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return out, grads
+
+
+def _all_finite(*tensors):
+    return all(
+        np.isfinite(
+            keras.ops.convert_to_numpy(keras.ops.cast(t, "float32"))
+        ).all()
+        for t in tensors
+    )
+
+
+@st.composite
+def encoder_cases(draw):
+    batch = draw(st.integers(1, 3))
+    length = draw(st.integers(1, 8))
+    heads = draw(st.integers(1, 4))
+    head_dim = draw(st.integers(1, 4))
+    lengths = draw(
+        st.lists(st.integers(0, length), min_size=batch, max_size=batch)
+    )
+    return {
+        "batch": batch,
+        "length": length,
+        "heads": heads,
+        "width": heads * head_dim,
+        "lengths": lengths,
+        "causal": draw(st.booleans()),
+        "norm_first": draw(st.booleans()),
+        "scale": draw(st.sampled_from([1e-3, 1.0, 30.0, 1e3])),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+@FUZZ
+@given(encoder_cases())
+def test_no_padding_leak_and_finite_gradients(case):
+    rng = np.random.default_rng(case["seed"])
+    shape = (case["batch"], case["length"], case["width"])
+    mask = padding_mask(case["lengths"], case["length"])
+    x = (rng.normal(size=shape) * case["scale"]).astype("float32")
+    block = EncoderBlock(case["heads"], 8, norm_first=case["norm_first"])
+    block.build(shape)
+    randomize_weights(block, case["seed"])
+    kwargs = {"mask": mask, "use_causal_mask": case["causal"]}
+
+    out, grads = _value_and_gradients(block, x, **kwargs)
+    assert _all_finite(out, *grads)
+    # Real outputs get no gradient from padded inputs.
+    _, grads = _value_and_gradients(block, x, loss_mask=mask, **kwargs)
+    assert _all_finite(*grads)
+    assert (grads[0].numpy()[~mask] == 0).all()
+
+    # Change only the padded content: real positions are unchanged.
+    noisy = np.where(
+        mask[..., None], x, rng.normal(size=shape).astype("float32") * 1e3
+    )
+    np.testing.assert_allclose(
+        block(noisy, **kwargs).numpy()[mask],
+        out.numpy()[mask],
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+@FUZZ
+@given(encoder_cases(), st.sampled_from(["none", "3d", "4d", "4d-one-head"]))
+def test_attention_matches_numpy_reference(case, attention_mask_kind):
+    rng = np.random.default_rng(case["seed"])
+    b, s, h = case["batch"], case["length"], case["heads"]
+    x = rng.normal(size=(b, s, case["width"])).astype("float32")
+    mask = padding_mask(case["lengths"], s)
+    attention_mask = {
+        "none": None,
+        "3d": rng.random((b, s, s)) > 0.3,
+        "4d": rng.random((b, h, s, s)) > 0.3,
+        "4d-one-head": rng.random((b, 1, s, s)) > 0.3,
+    }[attention_mask_kind]
+    layer = MultiHeadSelfAttention(h)
+    layer.build(x.shape)
+    randomize_weights(layer, case["seed"])
+    out, scores = layer(
+        x,
+        mask=mask,
+        attention_mask=attention_mask,
+        use_causal_mask=case["causal"],
+        return_attention_scores=True,
+    )
+    head_dim = case["width"] // h
+    expected, expected_scores = ref.attention(
+        x,
+        attention_weights(layer),
+        h,
+        head_dim,
+        head_dim,
+        mask=mask,
+        attention_mask=attention_mask,
+        causal=case["causal"],
+    )
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+def _functional_encoder(explicit_mask=False, num_blocks=2):
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8, mask_zero=not explicit_mask)(tokens)
+    x = PositionalEncoding(16)(x)
+    mask = keras.ops.not_equal(tokens, 0) if explicit_mask else None
+    for _ in range(num_blocks):
+        x = EncoderBlock(2, 16)(x, mask=mask)
+    return keras.Model(tokens, x)
+
+
+def test_implicit_mask_equals_explicit_mask():
+    implicit = _functional_encoder(explicit_mask=False)
+    explicit = _functional_encoder(explicit_mask=True)
+    explicit.set_weights(implicit.get_weights())
+    tokens = np.array([[3, 5, 7, 0, 0], [0, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+    real = tokens != 0
+    a = implicit.predict(tokens, verbose=0)
+    b = explicit.predict(tokens, verbose=0)
+    np.testing.assert_allclose(a[real], b[real], atol=1e-6)
+    # And the implicit mask is really used: padding changes nothing.
+    unpadded = implicit.predict(tokens[:1, :3], verbose=0)
+    np.testing.assert_allclose(unpadded[0], a[0, :3], atol=1e-5)
+    assert np.isfinite(a).all()
+
+
+def test_all_sources_combine_with_and():
+    """Implicit mask, mask, attention_mask and causal: one AND-ed mask."""
+    rng = np.random.default_rng(0)
+    b, s, d = 2, 5, 8
+    tokens = np.array([[1, 2, 3, 4, 0], [5, 6, 7, 8, 9]])
+    embedded = keras.layers.Embedding(10, d, mask_zero=True)(tokens)
+    explicit = padding_mask([5, 3], s)
+    attention_mask = rng.random((b, s, s)) > 0.3
+    layer = MultiHeadSelfAttention(2)
+    _, scores = layer(
+        embedded,
+        mask=explicit,
+        attention_mask=attention_mask,
+        use_causal_mask=True,
+        return_attention_scores=True,
+    )
+    pad = (tokens != 0) & explicit
+    allowed = ref.full_mask(
+        b, s, 2, mask=pad, attention_mask=attention_mask, causal=True
+    )
+    scores = scores.numpy()
+    assert (scores[~allowed] == 0).all()
+    rows = allowed.any(-1)
+    np.testing.assert_allclose(scores.sum(-1)[rows], 1.0, rtol=1e-5)
+
+    # The same, with everything folded into one attention_mask by hand.
+    _, by_hand = layer(
+        embedded.numpy(), attention_mask=allowed, return_attention_scores=True
+    )
+    np.testing.assert_allclose(by_hand, scores, atol=1e-6)
+
+
+def test_implicit_mask_is_kept_with_attention_mask_tensor():
+    """Keras does not fill `mask` when two tensors are passed; we do."""
+    tokens = np.array([[1, 2, 0, 0]])
+    embedded = keras.layers.Embedding(10, 4, mask_zero=True)(tokens)
+    _, scores = MultiHeadSelfAttention(1)(
+        embedded,
+        attention_mask=np.ones((1, 4, 4), bool),
+        return_attention_scores=True,
+    )
+    assert (scores.numpy()[0, 0, :, 2:] == 0).all()
+
+
+def test_integer_masks_mean_the_same_as_boolean():
+    x = np.random.default_rng(0).normal(size=(2, 4, 8)).astype("float32")
+    mask = padding_mask([3, 1], 4)
+    am = np.random.default_rng(1).random((2, 4, 4)) > 0.5
+    layer = MultiHeadSelfAttention(2)
+    np.testing.assert_array_equal(
+        layer(x, mask=mask, attention_mask=am),
+        layer(x, mask=mask.astype("int32"), attention_mask=am.astype("int8")),
+    )
+
+
+@pytest.mark.parametrize(
+    "policy", ["float32", "mixed_float16", "mixed_bfloat16"]
+)
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_fully_padded_rows_are_finite(policy, norm_first):
+    x = (np.random.default_rng(0).normal(size=(3, 6, 8)) * 100).astype(
+        "float32"
+    )
+    mask = padding_mask([0, 6, 2], 6)
+    block = EncoderBlock(2, 16, norm_first=norm_first, dtype=policy)
+    out, grads = _value_and_gradients(block, x, mask=mask, use_causal_mask=True)
+    assert _all_finite(out, *grads)
+    _, scores = block(x, mask=mask, return_attention_scores=True)
+    assert keras.backend.standardize_dtype(scores.dtype) == (
+        block.compute_dtype
+    )
+    assert (keras.ops.convert_to_numpy(scores)[0] == 0).all()
+
+
+def test_large_scores_do_not_overflow_in_float16():
+    """Scores beyond float16's range (65504) stay finite and correct."""
+    x = np.full((1, 3, 4), 300.0, "float32")
+    layer = MultiHeadSelfAttention(
+        1, kernel_initializer="ones", dtype="mixed_float16"
+    )
+    out = layer(x, mask=np.array([[True, True, False]]))
+    assert _all_finite(out)  # raw scores are 300*4*300*4/2 = 720000
+
+
+CALL_ERRORS = [
+    (
+        {"mask": np.ones((2, 5, 1), bool)},
+        ValueError,
+        r"Expected `mask` of rank 2, \(batch, sequence\). "
+        r"Received: mask.shape=\(2, 5, 1\)",
+    ),
+    (
+        {"mask": np.ones((2, 4), bool)},
+        ValueError,
+        r"`mask` has shape \(2, 4\), which does not match the "
+        r"inputs: axis 1 should be 5",
+    ),
+    (
+        {"mask": np.ones((2, 5), "float32")},
+        TypeError,
+        r"`mask` must be boolean or integer \(True/1 = attend\). "
+        r"Received: mask.dtype=float32",
+    ),
+    (
+        {"attention_mask": np.ones((2, 5), bool)},
+        ValueError,
+        r"Expected `attention_mask` of rank 3, \(batch, S, S\), or "
+        r"rank 4, \(batch, num_heads, S, S\). Received: "
+        r"attention_mask.shape=\(2, 5\)",
+    ),
+    (
+        {"attention_mask": np.ones((2, 5, 4), bool)},
+        ValueError,
+        r"axis 2 should be 5",
+    ),
+    (
+        {"attention_mask": np.ones((2, 3, 5, 5), bool)},
+        ValueError,
+        r"axis 1 should be 2 or 1",
+    ),
+    (
+        {"attention_mask": np.ones((3, 5, 5), bool)},
+        ValueError,
+        r"axis 0 should be 2 or 1",
+    ),
+]
+
+
+@pytest.mark.parametrize("cls", [MultiHeadSelfAttention, EncoderBlock])
+@pytest.mark.parametrize("kwargs,error,message", CALL_ERRORS)
+def test_bad_masks_are_clear_errors(cls, kwargs, error, message):
+    layer = cls(2, 8) if cls is EncoderBlock else cls(2)
+    x = np.zeros((2, 5, 8), "float32")
+    with pytest.raises(error, match=message):
+        layer(x, **kwargs)
+    # The same check runs symbolically, when a functional model is built.
+    symbolic = {
+        k: keras.KerasTensor(v.shape, dtype=v.dtype.name)
+        for k, v in kwargs.items()
+    }
+    with pytest.raises(error, match=message):
+        layer(keras.KerasTensor(x.shape), **symbolic)
+
+
+@pytest.mark.parametrize(
+    "cls", [MultiHeadSelfAttention, EncoderBlock, PositionalEncoding]
+)
+def test_bad_inputs_are_clear_errors(cls):
+    layer = {
+        EncoderBlock: lambda: cls(2, 8),
+        MultiHeadSelfAttention: lambda: cls(2),
+        PositionalEncoding: lambda: cls(10),
+    }[cls]()
+    with pytest.raises(ValueError, match=r"Expected `inputs` of rank 3"):
+        layer(np.zeros((2, 8), "float32"))
+    with pytest.raises(TypeError, match=r"Expected floating-point `inputs`"):
+        layer.build((2, 5, 8))
+        layer(np.zeros((2, 5, 8), "int32"))

@@ -1,0 +1,152 @@
+"""Save and reload: `.keras` in a new process, weights only, after training."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from keras_encoder import EncoderBlock
+from keras_encoder import PositionalEncoding
+
+VOCAB, MAX_LENGTH = 30, 12
+
+
+def build_classifier(mode="sinusoidal", norm_first=False, num_blocks=2):
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(VOCAB, 16, mask_zero=True)(tokens)
+    x = PositionalEncoding(MAX_LENGTH, mode=mode)(x)
+    for i in range(num_blocks):
+        x = EncoderBlock(
+            num_heads=2,
+            intermediate_dim=32,
+            dropout=0.1,
+            norm_first=norm_first,
+            activation="gelu",
+            name=f"block_{i}",
+        )(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    model = keras.Model(tokens, outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def _tokens(seed=0, batch=8):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, VOCAB, size=(batch, MAX_LENGTH))
+    lengths = rng.integers(0, MAX_LENGTH + 1, size=batch)
+    tokens[np.arange(MAX_LENGTH)[None, :] >= lengths[:, None]] = 0
+    return tokens.astype("int32")
+
+
+def _train(model, steps=3):
+    x = _tokens(1, batch=32)
+    y = np.random.default_rng(2).integers(0, 3, size=32)
+    model.fit(x, y, batch_size=8, epochs=1, steps_per_epoch=steps, verbose=0)
+
+
+RELOAD = textwrap.dedent("""
+    import sys
+    import keras
+    import numpy as np
+    import keras_encoder  # noqa: F401  (registers the layers)
+    model = keras.saving.load_model(sys.argv[1])  # safe_mode=True
+    np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "mode,norm_first", [("sinusoidal", False), ("learned", True)]
+)
+def test_keras_file_reloads_in_fresh_process(mode, norm_first, tmp_path):
+    model = build_classifier(mode, norm_first)
+    _train(model)
+    x = _tokens(3)
+    np.save(tmp_path / "x.npy", x)
+    model.save(tmp_path / "model.keras")
+    # A new interpreter: nothing of this process's Keras state carries over.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RELOAD,
+            str(tmp_path / "model.keras"),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "y.npy"), model.predict(x, verbose=0)
+    )
+
+
+def test_weights_only_round_trip(tmp_path):
+    model = build_classifier("learned")
+    _train(model)
+    path = tmp_path / "model.weights.h5"
+    model.save_weights(path)
+    fresh = build_classifier("learned")
+    x = _tokens(4)
+    assert not np.allclose(
+        fresh.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+    # The file holds the optimizer's state too; build it to receive it.
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(path)
+    for mine, theirs in zip(
+        fresh.optimizer.variables, model.optimizer.variables, strict=True
+    ):
+        np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_array_equal(
+        fresh.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+
+
+def test_reloaded_model_keeps_training_identically(tmp_path):
+    """Optimizer state and weights survive: the next steps match too."""
+    model = build_classifier()
+    _train(model)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    keras.utils.set_random_seed(7)
+    _train(model, steps=2)
+    keras.utils.set_random_seed(7)
+    _train(reloaded, steps=2)
+    x = _tokens(5)
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def test_weight_paths_are_stable():
+    """Fixed sublayer names give the same weight paths in every model."""
+    block = EncoderBlock(2, 8, name="block")
+    block.build((None, None, 4))
+    paths = sorted(w.path for w in block.weights)
+    assert paths == sorted(
+        [
+            "block/self_attention/query/kernel",
+            "block/self_attention/query/bias",
+            "block/self_attention/key/kernel",
+            "block/self_attention/key/bias",
+            "block/self_attention/value/kernel",
+            "block/self_attention/value/bias",
+            "block/self_attention/attention_output/kernel",
+            "block/self_attention/attention_output/bias",
+            "block/self_attention_layer_norm/gamma",
+            "block/self_attention_layer_norm/beta",
+            "block/feedforward_intermediate_dense/kernel",
+            "block/feedforward_intermediate_dense/bias",
+            "block/feedforward_output_dense/kernel",
+            "block/feedforward_output_dense/bias",
+            "block/feedforward_layer_norm/gamma",
+            "block/feedforward_layer_norm/beta",
+        ]
+    )
