@@ -331,6 +331,6 @@ def test_bad_inputs_are_clear_errors(cls):
     }[cls]()
     with pytest.raises(ValueError, match=r"Expected `inputs` of rank 3"):
         layer(np.zeros((2, 8), "float32"))
+    layer.build((2, 5, 8))
     with pytest.raises(TypeError, match=r"Expected floating-point `inputs`"):
-        layer.build((2, 5, 8))
         layer(np.zeros((2, 5, 8), "int32"))
