@@ -31,10 +31,14 @@ except ImportError:  # pragma: no cover - older or reorganised Keras.
         return getattr(x, "_keras_mask", None)
 
 
-# Fill for masked scores in the float32 softmax: large enough that
-# exp(fill - max) is exactly 0 in float32 against any real score, small
-# enough that fill - max never overflows to -inf.
-_SOFTMAX_FILL = -1e9
+# Masked scores are replaced by the row's smallest score minus this margin.
+# exp(-128) underflows to exactly 0 in float32, so masked keys get exactly
+# zero weight (and zero gradient) before the final `where`, and padded
+# content cannot reach real positions even through the row minimum. The
+# fill stays within 128 of the real scores, so int8 calibration keeps their
+# resolution; a constant like -1e9 would stretch the range until every real
+# score quantizes to one level (uniform attention).
+_FILL_MARGIN = 128.0
 
 
 def _dtype_name(x):
@@ -192,5 +196,6 @@ def masked_softmax(scores, mask=None):
     elif mask is None:
         return ops.softmax(scores, axis=-1)
     else:
-        probs = ops.softmax(ops.where(mask, scores, _SOFTMAX_FILL), axis=-1)
+        fill = ops.min(scores, axis=-1, keepdims=True) - _FILL_MARGIN
+        probs = ops.softmax(ops.where(mask, scores, fill), axis=-1)
     return probs if mask is None else ops.where(mask, probs, 0.0)

@@ -12,16 +12,13 @@ def sinusoid_table(length, width):
     """The (length, width) float32 sinusoid table of Vaswani et al. (2017).
 
     `PE[pos, 2i] = sin(pos / 10000^(2i / width))` and
-    `PE[pos, 2i + 1] = cos(pos / 10000^(2i / width))`. `length` may be a
-    tensor known only at run time; `width` is a Python int. The frequencies
-    are computed once in float64 NumPy, the angles in float32.
+    `PE[pos, 2i + 1] = cos(pos / 10000^(2i / width))`, computed in float64
+    and rounded once to float32.
     """
     pair = np.arange(width) // 2 * 2
-    inverse_frequency = np.power(10000.0, -pair / width).astype("float32")
-    is_even = np.arange(width) % 2 == 0
-    positions = ops.cast(ops.arange(length), "float32")
-    angles = ops.expand_dims(positions, 1) * inverse_frequency  # (S, D)
-    return ops.where(is_even, ops.sin(angles), ops.cos(angles))
+    angles = np.arange(length)[:, None] * np.power(10000.0, -pair / width)
+    table = np.where(np.arange(width) % 2 == 0, np.sin(angles), np.cos(angles))
+    return table.astype("float32")
 
 
 @keras.saving.register_keras_serializable(package="keras_encoder")
@@ -29,8 +26,12 @@ class PositionalEncoding(keras.layers.Layer):
     """Adds position information to a sequence of feature vectors.
 
     With `mode="sinusoidal"` it adds the fixed sinusoid table of Vaswani
-    et al. (2017): sine on even feature indices, cosine on odd ones,
-    computed in float32 and cast to the layer's compute dtype. With
+    et al. (2017): sine on even feature indices, cosine on odd ones. The
+    table is computed once when the layer is built (in float64, stored as a
+    float32 constant, not a weight) and cast to the compute dtype, so mixed
+    precision never computes positions in half precision, and int8 TFLite
+    quantizes it as a constant instead of computing it from quantized
+    angles. With
     `mode="learned"` it adds rows of a trainable (max_length, D) table.
     Either way the sequence length may be unknown until run time, up to
     `max_length`; a longer sequence raises a `ValueError` where its length
@@ -99,7 +100,11 @@ class PositionalEncoding(keras.layers.Layer):
                 f"{tuple(input_shape)}"
             )
         self._check_length(input_shape[1])
-        if self.mode == "learned":
+        if self.mode == "sinusoidal":
+            # A constant, not a weight: a table computed at run time from
+            # the positions would be quantized (and wrecked) by int8 TFLite.
+            self._sinusoid = sinusoid_table(self.max_length, input_shape[-1])
+        else:
             self.position_embeddings = self.add_weight(
                 name="position_embeddings",
                 shape=(self.max_length, input_shape[-1]),
@@ -115,9 +120,10 @@ class PositionalEncoding(keras.layers.Layer):
         self._check_length(inputs.shape[1])
         length, width = ops.shape(inputs)[1], inputs.shape[-1]
         if self.mode == "learned":
-            table = ops.slice(self.position_embeddings, (0, 0), (length, width))
+            table = self.position_embeddings
         else:
-            table = sinusoid_table(length, width)
+            table = ops.convert_to_tensor(self._sinusoid)
+        table = ops.slice(table, (0, 0), (length, width))
         return inputs + ops.cast(table, inputs.dtype)
 
     def compute_mask(self, inputs, mask=None):

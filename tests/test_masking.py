@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
+from keras_encoder._masking import masked_softmax
 from tests import numpy_reference as ref
 from tests.helpers import attention_weights
 from tests.helpers import padding_mask
@@ -105,11 +106,9 @@ def test_no_padding_leak_and_finite_gradients(case):
     noisy = np.where(
         mask[..., None], x, rng.normal(size=shape).astype("float32") * 1e3
     )
-    np.testing.assert_allclose(
-        block(noisy, **kwargs).numpy()[mask],
-        out.numpy()[mask],
-        atol=1e-5,
-        rtol=1e-5,
+    # Masked keys get exactly zero weight, so this holds bit for bit.
+    np.testing.assert_array_equal(
+        block(noisy, **kwargs).numpy()[mask], out.numpy()[mask]
     )
 
 
@@ -334,3 +333,18 @@ def test_bad_inputs_are_clear_errors(cls):
     layer.build((2, 5, 8))
     with pytest.raises(TypeError, match=r"Expected floating-point `inputs`"):
         layer(np.zeros((2, 5, 8), "int32"))
+
+
+def test_masked_softmax_equals_the_naive_fill_in_float32():
+    """The quantization-friendly fill changes no float result."""
+    rng = np.random.default_rng(0)
+    scores = (rng.normal(size=(2, 3, 6, 6)) * 50).astype("float32")
+    mask = rng.random((2, 1, 6, 6)) > 0.4
+    mask[0, 0, 2] = False  # a query with no key at all
+    probs = keras.ops.convert_to_numpy(masked_softmax(scores, mask))
+    naive = np.where(mask, scores, -1e9)
+    naive = np.exp(naive - naive.max(-1, keepdims=True))
+    naive = np.where(mask, naive / naive.sum(-1, keepdims=True), 0.0)
+    np.testing.assert_allclose(probs, naive, atol=1e-7)
+    assert (probs[~np.broadcast_to(mask, probs.shape)] == 0).all()
+    assert (probs[0, :, 2] == 0).all()
