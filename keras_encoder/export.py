@@ -202,7 +202,10 @@ def to_tflite(model, path, quantize=None, representative_data=None):
         representative_data: for `"int8"` (required there), an iterable of
             input batches, each an array (single-input models), a list in
             input order, or a dict keyed by input name. A few hundred
-            examples of real data, padding included, calibrate well.
+            examples of real data calibrate well. They must cover the
+            sequence lengths and padding you will run: every activation is
+            calibrated, including, e.g., the token count of a masked mean,
+            which saturates at inference if calibration never saw it.
 
     Returns:
         `path`.
