@@ -1,5 +1,7 @@
 """Serializable Keras 3 layers for the Transformer encoder."""
 
+from keras_encoder import convert
+from keras_encoder import export
 from keras_encoder.encoder_block import EncoderBlock
 from keras_encoder.multi_head_self_attention import MultiHeadSelfAttention
 from keras_encoder.positional_encoding import PositionalEncoding
@@ -11,4 +13,6 @@ __all__ = [
     "MultiHeadSelfAttention",
     "PositionalEncoding",
     "__version__",
+    "convert",
+    "export",
 ]

@@ -25,6 +25,8 @@ def test_public_api():
             "MultiHeadSelfAttention",
             "PositionalEncoding",
             "__version__",
+            "convert",
+            "export",
         ]
     )
     assert keras_encoder.__version__
