@@ -157,18 +157,20 @@ class EncoderBlock(keras.layers.Layer):
             self.dropout, dtype=dtype, name="self_attention_dropout"
         )
         # Feed-forward sublayer.
-        self.intermediate_dense = keras.layers.Dense(
-            self.intermediate_dim,
+        self.intermediate_dense = keras.layers.EinsumDense(
+            "abc,cd->abd",
+            output_shape=(None, self.intermediate_dim),
             activation=self.activation,
-            use_bias=self.use_bias,
+            bias_axes="d" if self.use_bias else None,
             dtype=dtype,
             name="feedforward_intermediate_dense",
             **self._initializers(),
         )
         self.intermediate_dense.build(input_shape)
-        self.output_dense = keras.layers.Dense(
-            width,
-            use_bias=self.use_bias,
+        self.output_dense = keras.layers.EinsumDense(
+            "abc,cd->abd",
+            output_shape=(None, width),
+            bias_axes="d" if self.use_bias else None,
             dtype=dtype,
             name="feedforward_output_dense",
             **self._initializers(),

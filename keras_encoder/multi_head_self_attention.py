@@ -108,10 +108,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self._head_key_dim = self.key_dim or width // self.num_heads
         self._head_value_dim = self.value_dim or self._head_key_dim
 
+        # EinsumDense, not Dense: on 3-D inputs Dense goes through
+        # tensordot, whose dynamic-shape bookkeeping adds about 20 ops per
+        # projection to graphs and TFLite models. The kernel is (in, out)
+        # either way.
         def dense(units, name):
-            return keras.layers.Dense(
-                units,
-                use_bias=self.use_bias,
+            return keras.layers.EinsumDense(
+                "abc,cd->abd",
+                output_shape=(None, units),
+                bias_axes="d" if self.use_bias else None,
                 kernel_initializer=_checks.clone_initializer(
                     self.kernel_initializer
                 ),
@@ -138,11 +143,6 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         )
         self.built = True
 
-    def _split_heads(self, x, head_dim):
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        x = ops.reshape(x, (batch, length, self.num_heads, head_dim))
-        return ops.transpose(x, (0, 2, 1, 3))  # (B, H, S, Dh)
-
     def call(
         self,
         inputs,
@@ -160,30 +160,36 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             use_causal_mask=use_causal_mask,
         )
         scale = 1.0 / math.sqrt(self._head_key_dim)
-        query = self._split_heads(
+        batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        heads = self.num_heads
+        query = ops.reshape(
             self.query_dense(inputs) * ops.cast(scale, self.compute_dtype),
-            self._head_key_dim,
+            (batch, length, heads, self._head_key_dim),
+        )  # (B, S, H, Dk)
+        key = ops.reshape(
+            self.key_dense(inputs), (batch, length, heads, self._head_key_dim)
         )
-        key = self._split_heads(self.key_dense(inputs), self._head_key_dim)
-        value = self._split_heads(
-            self.value_dense(inputs), self._head_value_dim
+        value = ops.reshape(
+            self.value_dense(inputs),
+            (batch, length, heads, self._head_value_dim),
         )
 
         # Scores and softmax in float32, so float16 cannot overflow them.
-        scores = ops.matmul(
+        scores = ops.einsum(
+            "bqhd,bkhd->bhqk",
             ops.cast(query, "float32"),
-            ops.transpose(ops.cast(key, "float32"), (0, 1, 3, 2)),
+            ops.cast(key, "float32"),
         )  # (B, H, S, S)
         probs = ops.cast(
             _masking.masked_softmax(scores, merged_mask), self.compute_dtype
         )
-        context = ops.matmul(
-            self.dropout_layer(probs, training=training), value
-        )  # (B, H, S, Dv)
-        context = ops.transpose(context, (0, 2, 1, 3))  # (B, S, H, Dv)
-        batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        context = ops.einsum(
+            "bhqk,bkhd->bqhd",
+            self.dropout_layer(probs, training=training),
+            value,
+        )  # (B, S, H, Dv)
         context = ops.reshape(
-            context, (batch, length, self.num_heads * self._head_value_dim)
+            context, (batch, length, heads * self._head_value_dim)
         )
         outputs = self.output_dense(context)
         if return_attention_scores:
