@@ -10,8 +10,8 @@ Builds the same encoder stack (post-LN, GELU, no mask) from
     `LayerNormalization` ("keras MHA"),
   - `torch.nn.TransformerEncoder` with its inference fast path, if torch
     is installed,
-and measures, interleaved (A B C A B C ...) after warm-up: the forward
-pass in graph mode (`tf.function`, no XLA), with XLA, and as TFLite
+and measures, interleaved (A B C, B C A, C A B, ...) after warm-up: the
+forward pass in graph mode (`tf.function`, no XLA), with XLA, and as TFLite
 (XNNPACK, 2 threads); a training step (`train_on_batch`, graph mode); and
 batch 1 x seq 16 latency. A 2048 x 2048 float32 matmul in the same run
 gives the peak that GF/s are compared with. Prints a table (median, min,
@@ -32,6 +32,9 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# torch's OpenMP threads otherwise spin after each call, slowing whatever
+# runs next in the interleaved loop.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -159,10 +162,13 @@ def timed(runners, x, rounds, warmup=5):
         for _ in range(warmup):
             run(x)
     times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
+    names = list(runners)
+    for i in range(rounds):
+        # Rotate the order, so no runtime always follows the same one (torch's
+        # OpenMP threads spin for a while after each call).
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             start = time.perf_counter()
-            run(x)
+            runners[name](x)
             times[name].append(time.perf_counter() - start)
     return times
 
