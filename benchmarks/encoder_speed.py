@@ -29,16 +29,13 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# torch's OpenMP threads otherwise spin after each call, slowing whatever
-# runs next in the interleaved loop.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import timing  # noqa: E402
 
 import keras_encoder  # noqa: E402
 from keras_encoder import export  # noqa: E402
@@ -157,27 +154,13 @@ def train_runner(model):
     return run
 
 
-def timed(runners, x, rounds, warmup=5):
-    for run in runners.values():
-        for _ in range(warmup):
-            run(x)
-    times = {name: [] for name in runners}
-    names = list(runners)
-    for i in range(rounds):
-        # Rotate the order, so no runtime always follows the same one (torch's
-        # OpenMP threads spin for a while after each call).
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            start = time.perf_counter()
-            runners[name](x)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def matmul_peak(rounds=20, n=2048):
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
     fn = tf.function(lambda: tf.matmul(a, b))
-    times = timed({"matmul": lambda _: fn().numpy()}, None, rounds)["matmul"]
+    times = timing.interleaved(
+        {"matmul": lambda _: fn().numpy()}, None, rounds
+    )["matmul"]
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
@@ -208,9 +191,9 @@ def measure(config_name, rounds, directory):
     flops = forward_flops(**c)
     results = {}
     for mode, runners in modes.items():
-        results[mode] = summarize(timed(runners, x, rounds), flops)
+        results[mode] = summarize(timing.interleaved(runners, x, rounds), flops)
     results["batch 1 x seq 16"] = summarize(
-        timed(latency, small, rounds * 3), None
+        timing.interleaved(latency, small, rounds * 3), None
     )
     return results
 
@@ -249,29 +232,40 @@ def print_table(config_name, results, peak):
 
 
 def plot(all_results, path):
+    """One row of panels per config, one panel per mode."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(c, m) for c in all_results for m in all_results[c]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
-    for ax, (config, mode) in zip(np.atleast_1d(axes), panels, strict=True):
-        rows = all_results[config][mode]
-        names = list(rows)
-        ax.barh(
-            names,
-            [rows[n]["median_ms"] for n in names],
-            color=[
-                "tab:green" if n.startswith(OURS) else "tab:gray" for n in names
-            ],
-        )
-        ax.set_title(f"{config}: {mode}", fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("median ms (lower is faster)", fontsize=7)
-        ax.invert_yaxis()
+    configs = list(all_results)
+    modes = list(all_results[configs[0]])
+    fig, axes = plt.subplots(
+        len(configs),
+        len(modes),
+        figsize=(3.0 * len(modes), 2.4 * len(configs)),
+        squeeze=False,
+    )
+    for row, config in enumerate(configs):
+        for col, mode in enumerate(modes):
+            ax = axes[row][col]
+            rows = all_results[config][mode]
+            names = list(rows)
+            ax.barh(
+                names,
+                [rows[n]["median_ms"] for n in names],
+                color=[
+                    "tab:green" if n.startswith(OURS) else "tab:gray"
+                    for n in names
+                ],
+            )
+            ax.set_title(f"config {config}: {mode}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.invert_yaxis()
+            if row == len(configs) - 1:
+                ax.set_xlabel("median ms (lower is faster)", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -8,10 +8,10 @@ tokenised beforehand so only the model is timed) go through: TFLite
 float32, TFLite dynamic-range int8 and TFLite full int8 (LiteRT, XNNPACK,
 2 threads), Keras compiled with XLA, and, when installed,
 sentence-transformers on torch. Each round runs every runtime once, in
-turn, after warm-up; the table gives medians, ratios against
-sentence-transformers (or TFLite float32 without it), and each runtime's
-agreement with Keras float32 (min cosine over the batch). Writes JSON next
-to --out.
+rotating order, after warm-up (benchmarks/timing.py); the table gives
+medians, ratios against sentence-transformers (or TFLite float32 without
+it), and each runtime's agreement with Keras float32 (min cosine over the
+batch). Writes JSON to --out.
 """
 
 import argparse
@@ -20,11 +20,11 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+import timing  # noqa: E402
 
 from keras_encoder import convert  # noqa: E402
 from keras_encoder import export  # noqa: E402
@@ -119,22 +119,16 @@ def main(argv=None):
     results = {}
     for batch, inputs in batches.items():
         reference = model(inputs)["sentence_embedding"].numpy()
-        times = {name: [] for name in runtimes}
         agreement = {}
-        for name, run in runtimes.items():  # warm-up (and XLA compile)
-            for _ in range(3):
-                out = run(inputs)
+        for name, run in runtimes.items():
+            out = run(inputs)
             agreement[name] = float(((out * reference).sum(-1)).min())
-        for _ in range(args.rounds):
-            for name, run in runtimes.items():
-                start = time.perf_counter()
-                run(inputs)
-                times[name].append((time.perf_counter() - start) * 1e3)
+        times = timing.interleaved(runtimes, inputs, args.rounds, warmup=3)
         results[batch] = {
             name: {
-                "median_ms": statistics.median(t),
-                "min_ms": min(t),
-                "max_ms": max(t),
+                "median_ms": statistics.median(t) * 1e3,
+                "min_ms": min(t) * 1e3,
+                "max_ms": max(t) * 1e3,
                 "min_cosine_vs_keras": agreement[name],
             }
             for name, t in times.items()
