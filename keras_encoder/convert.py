@@ -155,7 +155,8 @@ class SentencePooling(keras.layers.Layer):
 
     `"mean"`: the mean over real tokens (`mask` True), 0 for a sequence
     with none. `"cls"`: the first token's state. Then, with `normalize`,
-    L2 normalisation (`x / max(|x|, 1e-12)`).
+    L2 normalisation (`x / max(|x|, 1e-12)`). Computed in float32, also
+    under mixed precision.
 
     Args:
         pooling: `"mean"` or `"cls"`. Defaults to `"mean"`.
@@ -180,21 +181,26 @@ class SentencePooling(keras.layers.Layer):
         self.supports_masking = True
 
     def call(self, inputs, mask=None):
+        # In float32 under mixed precision too: 1e-12 is 0 in float16.
+        states = ops.cast(inputs, "float32")
         if self.pooling == "cls":
-            pooled = ops.take(inputs, 0, axis=1)
+            pooled = ops.take(states, 0, axis=1)
         else:
             real = _masking.padding_mask(inputs, mask)
             if real is None:
-                pooled = ops.mean(inputs, axis=1)
+                pooled = ops.mean(states, axis=1)
             else:
-                weights = ops.expand_dims(ops.cast(real, inputs.dtype), -1)
-                total = ops.sum(inputs * weights, axis=1)
-                count = ops.maximum(ops.sum(weights, axis=1), 1e-9)
+                weights = ops.expand_dims(ops.cast(real, "float32"), -1)
+                total = ops.sum(states * weights, axis=1)
+                # The count is a whole number: max(count, 1) equals
+                # sentence-transformers' clamp(min=1e-9) except where no
+                # token is real, and gives 0 there, not 0 / 0.
+                count = ops.maximum(ops.sum(weights, axis=1), 1.0)
                 pooled = total / count
         if self.normalize:
             norm = ops.sqrt(ops.sum(ops.square(pooled), axis=-1, keepdims=True))
             pooled = pooled / ops.maximum(norm, 1e-12)
-        return pooled
+        return ops.cast(pooled, self.compute_dtype)
 
     def compute_mask(self, inputs, mask=None):
         return None

@@ -1,6 +1,7 @@
 import keras
 
 from keras_encoder import _checks
+from keras_encoder import _layers
 from keras_encoder import _masking
 from keras_encoder.multi_head_self_attention import MultiHeadSelfAttention
 
@@ -117,16 +118,6 @@ class EncoderBlock(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.supports_masking = True
 
-    def _initializers(self):
-        return {
-            "kernel_initializer": _checks.clone_initializer(
-                self.kernel_initializer
-            ),
-            "bias_initializer": _checks.clone_initializer(
-                self.bias_initializer
-            ),
-        }
-
     def build(self, input_shape):
         width = input_shape[-1]
         if len(input_shape) != 3 or width is None:
@@ -136,15 +127,19 @@ class EncoderBlock(keras.layers.Layer):
                 f"{tuple(input_shape)}"
             )
         dtype = self.dtype_policy
+        common = {
+            "dtype": dtype,
+            "use_bias": self.use_bias,
+            "kernel_initializer": self.kernel_initializer,
+            "bias_initializer": self.bias_initializer,
+        }
         # Self-attention sublayer.
         self.attention = MultiHeadSelfAttention(
             num_heads=self.num_heads,
             key_dim=self.key_dim,
             dropout=self.attention_dropout,
-            use_bias=self.use_bias,
-            dtype=dtype,
             name="self_attention",
-            **self._initializers(),
+            **common,
         )
         self.attention.build(input_shape)
         self.attention_layer_norm = keras.layers.LayerNormalization(
@@ -157,23 +152,15 @@ class EncoderBlock(keras.layers.Layer):
             self.dropout, dtype=dtype, name="self_attention_dropout"
         )
         # Feed-forward sublayer.
-        self.intermediate_dense = keras.layers.EinsumDense(
-            "abc,cd->abd",
-            output_shape=(None, self.intermediate_dim),
+        self.intermediate_dense = _layers.dense(
+            self.intermediate_dim,
             activation=self.activation,
-            bias_axes="d" if self.use_bias else None,
-            dtype=dtype,
             name="feedforward_intermediate_dense",
-            **self._initializers(),
+            **common,
         )
         self.intermediate_dense.build(input_shape)
-        self.output_dense = keras.layers.EinsumDense(
-            "abc,cd->abd",
-            output_shape=(None, width),
-            bias_axes="d" if self.use_bias else None,
-            dtype=dtype,
-            name="feedforward_output_dense",
-            **self._initializers(),
+        self.output_dense = _layers.dense(
+            width, name="feedforward_output_dense", **common
         )
         self.output_dense.build((*input_shape[:-1], self.intermediate_dim))
         self.feedforward_layer_norm = keras.layers.LayerNormalization(

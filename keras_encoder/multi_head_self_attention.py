@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_encoder import _checks
+from keras_encoder import _layers
 from keras_encoder import _masking
 
 
@@ -108,23 +109,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self._head_key_dim = self.key_dim or width // self.num_heads
         self._head_value_dim = self.value_dim or self._head_key_dim
 
-        # EinsumDense, not Dense: on 3-D inputs Dense goes through
-        # tensordot, whose dynamic-shape bookkeeping adds about 20 ops per
-        # projection to graphs and TFLite models. The kernel is (in, out)
-        # either way.
         def dense(units, name):
-            return keras.layers.EinsumDense(
-                "abc,cd->abd",
-                output_shape=(None, units),
-                bias_axes="d" if self.use_bias else None,
-                kernel_initializer=_checks.clone_initializer(
-                    self.kernel_initializer
-                ),
-                bias_initializer=_checks.clone_initializer(
-                    self.bias_initializer
-                ),
-                dtype=self.dtype_policy,
+            return _layers.dense(
+                units,
                 name=name,
+                dtype=self.dtype_policy,
+                use_bias=self.use_bias,
+                kernel_initializer=self.kernel_initializer,
+                bias_initializer=self.bias_initializer,
             )
 
         heads = self.num_heads

@@ -4,6 +4,24 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def _two_logical_cpus():
+    """Split the CPU in two devices, for the MirroredStrategy test.
+
+    Must run before TensorFlow initialises its runtime.
+    """
+    import tensorflow as tf
+
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpu,
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+
+
+if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    _two_logical_cpus()
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
