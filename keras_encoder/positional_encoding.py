@@ -119,10 +119,11 @@ class PositionalEncoding(keras.layers.Layer):
         _masking.check_inputs(inputs)
         self._check_length(inputs.shape[1])
         length, width = ops.shape(inputs)[1], inputs.shape[-1]
-        if self.mode == "learned":
-            table = self.position_embeddings
-        else:
-            table = ops.convert_to_tensor(self._sinusoid)
+        table = ops.convert_to_tensor(
+            self.position_embeddings
+            if self.mode == "learned"
+            else self._sinusoid
+        )
         table = ops.slice(table, (0, 0), (length, width))
         return inputs + ops.cast(table, inputs.dtype)
 

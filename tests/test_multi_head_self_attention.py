@@ -119,7 +119,7 @@ def test_attention_scores():
         use_causal_mask=True,
     )
     assert scores.shape == (2, 2, 4, 4)
-    scores = scores.numpy()
+    scores = np.asarray(scores)
     np.testing.assert_allclose(scores[0, :, :3].sum(-1), 1.0, rtol=1e-6)
     assert (scores[0, :, 3] == 0).all()  # padded query
     assert (scores[0, :, :, 3] == 0).all()  # padded key

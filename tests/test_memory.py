@@ -1,0 +1,29 @@
+"""Attention memory at long sequences (S x S per head), measured."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = (
+    pathlib.Path(__file__).parents[1] / "benchmarks" / "attention_memory.py"
+)
+
+
+def _memory():
+    spec = importlib.util.spec_from_file_location("attention_memory", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("train,limit_mib", [(False, 1024), (True, 3072)])
+def test_seq_4096_fits_documented_budget(train, limit_mib):
+    """Width 256, 4 heads, batch 1: one (1, 4, 4096, 4096) float32 tensor is
+    256 MiB; the README documents about 330 MiB for a forward pass and 1.4
+    GiB for a training step per block."""
+    result = _memory().measure(4096, batch=1, train=train)
+    assert result["finite"]
+    assert result["growth_mib"] < limit_mib, result
