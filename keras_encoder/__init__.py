@@ -5,6 +5,7 @@ from keras_encoder import export
 from keras_encoder.encoder_block import EncoderBlock
 from keras_encoder.multi_head_self_attention import MultiHeadSelfAttention
 from keras_encoder.positional_encoding import PositionalEncoding
+from keras_encoder.sentence_pooling import SentencePooling
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "EncoderBlock",
     "MultiHeadSelfAttention",
     "PositionalEncoding",
+    "SentencePooling",
     "__version__",
     "convert",
     "export",

@@ -5,6 +5,7 @@ received, so a bad configuration fails at construction, not deep in a graph.
 """
 
 import numbers
+import zlib
 
 import keras
 
@@ -62,6 +63,14 @@ def activation(value):
     return fn
 
 
-def clone_initializer(initializer):
-    """A fresh copy, so sublayers never share one seeded initializer."""
-    return initializer.__class__.from_config(initializer.get_config())
+def clone_initializer(initializer, salt=""):
+    """A fresh copy for one sublayer.
+
+    A seeded initializer is copied with its seed offset by a hash of `salt`
+    (the sublayer's name), so that, e.g., the query, key and value kernels
+    of one layer do not start equal; the result stays reproducible.
+    """
+    config = initializer.get_config()
+    if isinstance(config.get("seed"), int) and salt:
+        config["seed"] += zlib.crc32(salt.encode()) % 2**16
+    return initializer.__class__.from_config(config)

@@ -26,8 +26,8 @@ def dense(
         output_shape=(None, units),
         activation=activation,
         bias_axes="d" if use_bias else None,
-        kernel_initializer=_checks.clone_initializer(kernel_initializer),
-        bias_initializer=_checks.clone_initializer(bias_initializer),
+        kernel_initializer=_checks.clone_initializer(kernel_initializer, name),
+        bias_initializer=_checks.clone_initializer(bias_initializer, name),
         dtype=dtype,
         name=name,
     )

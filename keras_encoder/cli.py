@@ -15,7 +15,11 @@ import os
 import sys
 import zipfile
 
+import keras
 import numpy as np
+
+from keras_encoder import export
+from keras_encoder.positional_encoding import PositionalEncoding
 
 USAGE_ERROR = 2
 
@@ -61,22 +65,31 @@ def _load_calibration(path, input_names):
         raise UsageError(
             f"--calibration {path}: unreadable ({error})"
         ) from None
-    if isinstance(data, np.ndarray):
+    if isinstance(data, np.ndarray):  # .npy
+        arrays = {None: data}
+    else:  # .npz
+        with data:
+            arrays = {name: data[name] for name in data.files}
+    if None in arrays:
         if len(input_names) != 1:
             raise UsageError(
                 f"--calibration {path}: the model has inputs {input_names}; "
                 "give an .npz with one array per input name"
             )
-        arrays = {input_names[0]: data}
-    else:
-        arrays = {name: data[name] for name in data.files}
-        missing = set(input_names) - set(arrays)
-        if missing:
-            raise UsageError(
-                f"--calibration {path}: missing arrays for inputs "
-                f"{sorted(missing)} (has {sorted(arrays)})"
-            )
-    count = len(next(iter(arrays.values())))
+        arrays = {input_names[0]: arrays[None]}
+    missing = set(input_names) - set(arrays)
+    if missing:
+        raise UsageError(
+            f"--calibration {path}: missing arrays for inputs "
+            f"{sorted(missing)} (has {sorted(arrays)})"
+        )
+    counts = {name: len(arrays[name]) for name in input_names}
+    if len(set(counts.values())) != 1:
+        raise UsageError(
+            f"--calibration {path}: inputs hold different numbers of "
+            f"examples: {counts}"
+        )
+    count = counts[input_names[0]]
     if count == 0:
         raise UsageError(f"--calibration {path}: no examples")
     return [
@@ -85,30 +98,35 @@ def _load_calibration(path, input_names):
     ]
 
 
+def _vocabularies(model):
+    """{input name: input_dim} for inputs that feed an Embedding directly."""
+    inputs = export.model_inputs(model)
+    by_tensor = {id(t): name for name, t in inputs.items()}
+    sizes = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Embedding):
+            continue
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                if id(tensor) in by_tensor:
+                    sizes[by_tensor[id(tensor)]] = layer.input_dim
+    return sizes
+
+
 def _sample_inputs(model, length, seed=0):
     """Two example sequences of `length`, the second padded to half.
 
-    Integer inputs whose name contains "mask" get 1 at real positions, other
-    integer inputs token ids in [1, vocabulary) with 0 as padding, boolean
-    inputs True/False, float inputs normal noise.
+    Integer inputs whose name contains "mask" get 1 at real positions; other
+    integer inputs get ids in [1, n) with 0 as padding, where n is the size
+    of the Embedding they feed (2 if none); boolean inputs True/False; float
+    inputs normal noise.
     """
-    import keras
-
-    from keras_encoder.export import input_names
-
     rng = np.random.default_rng(seed)
-    embeddings = [
-        layer.input_dim
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.Embedding)
-    ]
-    vocabulary = min(embeddings) if embeddings else 2
-    real = np.arange(length)[None, :] < np.array(
-        [[length], [max(1, length // 2)]]
-    )
+    vocabularies = _vocabularies(model)
+    lengths = np.array([[length], [max(1, length // 2)]])
+    real = np.arange(length)[None, :] < lengths
     named = {}
-
-    for name, tensor in zip(input_names(model), model.inputs, strict=True):
+    for name, tensor in export.model_inputs(model).items():
         dtype = keras.backend.standardize_dtype(tensor.dtype)
         shape = (2, length, *tensor.shape[2:])
         if dtype == "bool":
@@ -116,35 +134,41 @@ def _sample_inputs(model, length, seed=0):
         elif "int" in dtype and "mask" in name:
             named[name] = real.astype(dtype)
         elif "int" in dtype:
-            ids = rng.integers(1, max(vocabulary, 2), size=shape)
+            high = max(vocabularies.get(name, 2), 2)
+            ids = rng.integers(1, high, size=shape)
             named[name] = np.where(real, ids, 0).astype(dtype)
         else:
             named[name] = rng.normal(size=shape).astype(dtype)
     return named
 
 
-def _default_lengths(model, requested):
-    from keras_encoder import PositionalEncoding
-
+def _lengths(model, requested):
+    """Sequence lengths to check parity at."""
     fixed = {t.shape[1] for t in model.inputs if len(t.shape) > 1}
     fixed.discard(None)
     if fixed:
+        conflicting = set(requested or []) - fixed
+        if conflicting:
+            raise UsageError(
+                f"--seq-len {min(conflicting)}: the model's inputs have a "
+                f"fixed length {sorted(fixed)}"
+            )
         return sorted(fixed)
     limits = [
         layer.max_length
         for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, PositionalEncoding)
     ]
-    longest = min(limits) if limits else 64
+    longest = min(limits) if limits else None
     if requested:
-        too_long = [n for n in requested if n > longest]
+        too_long = [n for n in requested if longest and n > longest]
         if too_long:
             raise UsageError(
                 f"--seq-len {too_long[0]} exceeds the model's max_length "
                 f"{longest}"
             )
         return sorted(set(requested))
-    return sorted({1, min(16, longest), longest})
+    return sorted({1, min(16, longest or 16), longest or 64})
 
 
 def _export(args):
@@ -169,11 +193,6 @@ def _export(args):
         if path:
             _check_writable(path, flag)
 
-    import keras
-
-    import keras_encoder  # noqa: F401  (registers the layers)
-    from keras_encoder import export
-
     try:
         model = keras.saving.load_model(args.model)
     except Exception as error:
@@ -182,7 +201,7 @@ def _export(args):
     calibration = (
         _load_calibration(args.calibration, names) if args.calibration else None
     )
-    lengths = _default_lengths(model, args.seq_len)
+    lengths = _lengths(model, args.seq_len)
 
     # TFLite first: a model that needs Flex ops fails before anything is
     # written.
@@ -222,8 +241,6 @@ def _inspect(args):
     path = args.tflite
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
-    from keras_encoder import export
-
     try:
         described = export.describe_tflite(path)
     except Exception as error:
@@ -268,7 +285,7 @@ def _parser():
         nargs="+",
         metavar="N",
         help="sequence lengths to check parity at (default: 1, 16 and the "
-        "model's max_length)",
+        "model's max_length, or 64 without one)",
     )
     export.set_defaults(run=_export)
     inspect = commands.add_parser(
@@ -281,7 +298,6 @@ def _parser():
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.run(args)
     except UsageError as error:

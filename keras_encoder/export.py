@@ -34,6 +34,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_encoder import _masking
+
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
 
 
@@ -96,7 +98,7 @@ def _parent(path):
     return parent
 
 
-def to_saved_model(model, path):
+def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
     """Export `model` as a SavedModel for TF Serving.
 
     Args:
@@ -120,11 +122,20 @@ def to_saved_model(model, path):
     return path
 
 
+def model_inputs(model):
+    """{name: symbolic input} in signature order, names as in the signature.
+
+    For dict inputs the names are the dict keys; `model.inputs` may list
+    them in another order, so never zip it with the names.
+    """
+    if isinstance(model.input, dict):
+        return dict(model.input)
+    return {t.name: t for t in model.inputs}
+
+
 def input_names(model):
     """The model's input names, as in its serving signature."""
-    if isinstance(model.input, dict):
-        return list(model.input)
-    return [t.name for t in model.inputs]
+    return list(model_inputs(model))
 
 
 def _named_inputs(model, inputs):
@@ -149,8 +160,8 @@ def _named_inputs(model, inputs):
 
 
 def _representative_dataset(model, representative_data):
-    names = input_names(model)
-    dtypes = {n: t.dtype for n, t in zip(names, model.inputs, strict=True)}
+    dtypes = {n: t.dtype for n, t in model_inputs(model).items()}
+    names = list(dtypes)
 
     def generate():
         count = 0
@@ -191,7 +202,12 @@ def _flex_error(model, message):
     )
 
 
-def to_tflite(model, path, quantize=None, representative_data=None):
+def to_tflite(
+    model: keras.Model,
+    path: str | os.PathLike,
+    quantize: str | None = None,
+    representative_data=None,
+) -> str:
     """Convert `model` to a builtin-ops TFLite flatbuffer.
 
     Args:
@@ -201,11 +217,12 @@ def to_tflite(model, path, quantize=None, representative_data=None):
             Defaults to `None`.
         representative_data: for `"int8"` (required there), an iterable of
             input batches, each an array (single-input models), a list in
-            input order, or a dict keyed by input name. A few hundred
-            examples of real data calibrate well. They must cover the
-            sequence lengths and padding you will run: every activation is
-            calibrated, including, e.g., the token count of a masked mean,
-            which saturates at inference if calibration never saw it.
+            input order, or a dict keyed by input name; ignored by the
+            other modes. A few hundred examples of real data calibrate
+            well. They must cover the sequence lengths and padding you will
+            run: every activation is calibrated, including, e.g., the token
+            count of a masked mean, which saturates at inference if
+            calibration never saw it.
 
     Returns:
         `path`.
@@ -270,7 +287,7 @@ def _builtin_operators():
     }
 
 
-def tflite_ops(flatbuffer):
+def tflite_ops(flatbuffer: bytes) -> dict:
     """Count the ops of a TFLite flatbuffer (bytes) by name.
 
     Builtins appear by their schema name (`FULLY_CONNECTED`), Flex ops as
@@ -292,7 +309,7 @@ def tflite_ops(flatbuffer):
     return dict(counts)
 
 
-def is_builtin_only(ops):
+def is_builtin_only(ops) -> bool:
     """Whether every op named in `ops` is a TFLite builtin."""
     return set(ops) <= set(_builtin_operators().values())
 
@@ -308,7 +325,7 @@ def _interpreter(path):
     return Interpreter(model_path=path)
 
 
-def describe_tflite(path):
+def describe_tflite(path: str | os.PathLike) -> dict:
     """Inputs, outputs, op counts, size and builtin-only flag of a model.
 
     Returns a dict with `inputs` and `outputs` (lists of name, shape with
@@ -352,14 +369,6 @@ def _flat_outputs(outputs):
     return {f"output_{i}": o for i, o in enumerate(outputs)}
 
 
-def _keras_mask(x):
-    try:
-        from keras.src.backend import get_keras_mask
-    except ImportError:  # pragma: no cover
-        return getattr(x, "_keras_mask", None)
-    return get_keras_mask(x)
-
-
 def _run_artifact(path, named):
     if os.path.isdir(path):
         tf = _tf()
@@ -383,7 +392,9 @@ def _size(path):
     return os.path.getsize(path)
 
 
-def verify(model, artifact_path, inputs):
+def verify(
+    model: keras.Model, artifact_path: str | os.PathLike, inputs
+) -> Verification:
     """Run an artifact and `model` on `inputs` and compare the outputs.
 
     Args:
@@ -420,7 +431,7 @@ def verify(model, artifact_path, inputs):
     for name, tensor in expected.items():
         want = keras.ops.convert_to_numpy(tensor).astype("float64")
         have = np.asarray(got[name], dtype="float64")
-        mask = _keras_mask(tensor)
+        mask = _masking._get_keras_mask(tensor)
         if mask is not None and want.ndim >= 2:
             real = keras.ops.convert_to_numpy(mask).astype(bool)
             want, have = want[real], have[real]

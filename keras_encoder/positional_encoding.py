@@ -134,6 +134,12 @@ class PositionalEncoding(keras.layers.Layer):
         self._check_length(input_shape[1])
         return tuple(input_shape)
 
+    def compute_output_spec(self, inputs):
+        _masking.check_inputs(inputs)
+        return keras.KerasTensor(
+            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -129,4 +129,5 @@ PUBLIC_LAYERS = (
     keras_encoder.MultiHeadSelfAttention,
     keras_encoder.PositionalEncoding,
     keras_encoder.EncoderBlock,
+    keras_encoder.SentencePooling,
 )

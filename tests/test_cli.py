@@ -1,6 +1,7 @@
 """The keras-encoder command: success paths and every bad-input case."""
 
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -216,3 +217,36 @@ def test_bad_inspect_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"keras-encoder: error: {bogus}: not a TFLite model")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_sample_inputs_follow_each_input(tmp_path):
+    """Ids span the Embedding each input feeds; names keep their dtypes."""
+    from keras_encoder import convert
+
+    fixtures = pathlib.Path(__file__).parent / "fixtures" / "tiny_bert"
+    bert = convert.load_hf_bert(fixtures)
+    sample = cli._sample_inputs(bert, 12)
+    assert sample["input_ids"].max() > 2  # the word table, not token types
+    assert sample["token_type_ids"].max() <= 1
+    assert set(np.unique(sample["attention_mask"])) == {0, 1}
+
+    # A dict model whose keys are not in sorted order, with mixed dtypes.
+    features = keras.Input((None, 4), name="zfeat")
+    ids = keras.Input((None,), dtype="int32", name="aids")
+    x = keras.layers.Embedding(9, 4)(ids) + features
+    model = keras.Model({"zfeat": features, "aids": ids}, EncoderBlock(2, 8)(x))
+    sample = cli._sample_inputs(model, 5)
+    assert sample["zfeat"].dtype == np.float32
+    assert sample["zfeat"].shape == (2, 5, 4)
+    assert sample["aids"].dtype == np.int32 and sample["aids"].max() < 9
+
+
+def test_calibration_arrays_must_agree(tmp_path, capsys):
+    path = tmp_path / "calibration.npz"
+    np.savez(path, tokens=np.ones((4, 6), "int32"), other=np.ones((3, 6)))
+    assert cli._load_calibration(str(path), ["tokens"])[0]["tokens"].shape == (
+        4,
+        6,
+    )
+    with pytest.raises(cli.UsageError, match=r"different numbers of examples"):
+        cli._load_calibration(str(path), ["tokens", "other"])

@@ -9,12 +9,14 @@ import keras_encoder
 from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
+from keras_encoder import SentencePooling
 from tests.helpers import PUBLIC_LAYERS
 
 REQUIRED = {
     MultiHeadSelfAttention: {"num_heads": 2},
     PositionalEncoding: {"max_length": 4},
     EncoderBlock: {"num_heads": 2, "intermediate_dim": 4},
+    SentencePooling: {},
 }
 
 
@@ -24,6 +26,7 @@ def test_public_api():
             "EncoderBlock",
             "MultiHeadSelfAttention",
             "PositionalEncoding",
+            "SentencePooling",
             "__version__",
             "convert",
             "export",
@@ -61,6 +64,8 @@ def test_non_default_config_round_trips(cls):
         "layer_norm_epsilon": 1e-6,
         "mode": "learned",
         "embeddings_initializer": keras.initializers.RandomNormal(0.0, 0.02),
+        "pooling": "cls",
+        "normalize": False,
     }
     params = inspect.signature(cls.__init__).parameters
     kwargs = {

@@ -104,3 +104,22 @@ def test_dropout_only_in_training(norm_first):
     )
     np.testing.assert_array_equal(block(x), block(x, training=False))
     assert not np.allclose(block(x, training=True), block(x))
+
+
+def test_seeded_initializer_gives_distinct_reproducible_kernels():
+    def kernels():
+        block = EncoderBlock(
+            2, 8, kernel_initializer=keras.initializers.GlorotUniform(seed=1)
+        )
+        block.build((None, None, 8))
+        a = block.attention
+        return [
+            d.kernel.numpy()
+            for d in (a.query_dense, a.key_dense, a.value_dense, a.output_dense)
+        ]
+
+    first, second = kernels(), kernels()
+    for i in range(4):
+        np.testing.assert_array_equal(first[i], second[i])  # reproducible
+        for j in range(i + 1, 4):
+            assert not np.allclose(first[i], first[j])  # not one draw

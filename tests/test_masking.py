@@ -358,6 +358,9 @@ def test_bad_inputs_are_clear_errors(cls):
     layer.build((2, 5, 8))
     with pytest.raises(TypeError, match=r"Expected floating-point `inputs`"):
         layer(np.zeros((2, 5, 8), "int32"))
+    # Also when a functional model is built.
+    with pytest.raises(TypeError, match=r"Expected floating-point `inputs`"):
+        layer(keras.KerasTensor((2, 5, 8), dtype="int32"))
 
 
 def test_masked_softmax_equals_the_naive_fill_in_float32():

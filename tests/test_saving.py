@@ -12,7 +12,7 @@ import pytest
 
 from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
-from keras_encoder.convert import SentencePooling
+from keras_encoder import SentencePooling
 
 VOCAB, MAX_LENGTH = 30, 12
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
-from keras_encoder.convert import SentencePooling
+from keras_encoder import SentencePooling
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,72 @@
+import keras
+from keras import ops
+
+from keras_encoder import _checks
+from keras_encoder import _masking
+
+POOLING_MODES = ("mean", "cls")
+
+
+@keras.saving.register_keras_serializable(package="keras_encoder")
+class SentencePooling(keras.layers.Layer):
+    """Sentence embedding from token states, as sentence-transformers does.
+
+    `"mean"`: the mean over real tokens (`mask` True), 0 for a sequence
+    with none. `"cls"`: the first token's state. Then, with `normalize`,
+    L2 normalisation (`x / max(|x|, 1e-12)`). Computed in float32, also
+    under mixed precision.
+
+    Args:
+        pooling: `"mean"` or `"cls"`. Defaults to `"mean"`.
+        normalize: bool. Defaults to `True`.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        inputs: (B, S, H) token states.
+        mask: (B, S) boolean or integer, True/1 at real tokens; ANDed with
+            the implicit Keras mask.
+
+    Returns:
+        (B, H) sentence embeddings.
+    """
+
+    def __init__(self, pooling="mean", normalize=True, **kwargs):
+        super().__init__(**kwargs)
+        if pooling not in POOLING_MODES:
+            raise _checks.invalid("pooling", f"one of {POOLING_MODES}", pooling)
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        # In float32 under mixed precision too: 1e-12 is 0 in float16.
+        states = ops.cast(inputs, "float32")
+        if self.pooling == "cls":
+            pooled = ops.take(states, 0, axis=1)
+        else:
+            real = _masking.padding_mask(inputs, mask)
+            if real is None:
+                pooled = ops.mean(states, axis=1)
+            else:
+                weights = ops.expand_dims(ops.cast(real, "float32"), -1)
+                total = ops.sum(states * weights, axis=1)
+                # The count is a whole number: max(count, 1) equals
+                # sentence-transformers' clamp(min=1e-9) except where no
+                # token is real, and gives 0 there, not 0 / 0.
+                count = ops.maximum(ops.sum(weights, axis=1), 1.0)
+                pooled = total / count
+        if self.normalize:
+            norm = ops.sqrt(ops.sum(ops.square(pooled), axis=-1, keepdims=True))
+            pooled = pooled / ops.maximum(norm, 1e-12)
+        return ops.cast(pooled, self.compute_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pooling": self.pooling, "normalize": self.normalize})
+        return config
