@@ -67,13 +67,13 @@ def _set_block_weights(block, q, k, v, o, ffn_in, ffn_out, norm1, norm2):
 
 
 def from_torch_encoder_layer(
-    state_dict,
-    num_heads,
+    state_dict: dict,
+    num_heads: int,
     *,
-    norm_first=False,
-    activation="relu",
-    layer_norm_epsilon=1e-5,
-):
+    norm_first: bool = False,
+    activation: str = "relu",
+    layer_norm_epsilon: float = 1e-5,
+) -> EncoderBlock:
     """An `EncoderBlock` holding a torch `nn.TransformerEncoderLayer`'s weights.
 
     The block computes what torch computes in eval mode with
@@ -194,7 +194,12 @@ def _model_name(config):
     return f"{config['model_type']}_{config['num_hidden_layers']}_layers"
 
 
-def load_hf_bert(model_dir, *, pooling="mean", normalize=True):
+def load_hf_bert(
+    model_dir: str | os.PathLike,
+    *,
+    pooling: str = "mean",
+    normalize: bool = True,
+) -> keras.Model:
     """A Keras model of our layers from a Hugging Face BERT checkpoint.
 
     Reads `config.json` and `model.safetensors` (with the `safetensors`

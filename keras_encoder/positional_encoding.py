@@ -8,7 +8,7 @@ from keras_encoder import _masking
 MODES = ("sinusoidal", "learned")
 
 
-def sinusoid_table(length, width):
+def sinusoid_table(length: int, width: int) -> np.ndarray:
     """The (length, width) float32 sinusoid table of Vaswani et al. (2017).
 
     `PE[pos, 2i] = sin(pos / 10000^(2i / width))` and
