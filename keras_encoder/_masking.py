@@ -101,9 +101,8 @@ def _padding_sources(inputs, mask):
     return sources
 
 
-def check_call(inputs, num_heads, mask=None, attention_mask=None):
-    """Validate a layer call's inputs and masks against the contract."""
-    check_inputs(inputs)
+def check_padding_masks(inputs, mask=None):
+    """Validate (B, S) inputs' padding masks: explicit and implicit."""
     batch, length = inputs.shape[0], inputs.shape[1]
     for m in _padding_sources(inputs, mask):
         if len(m.shape) != 2:
@@ -113,6 +112,13 @@ def check_call(inputs, num_heads, mask=None, attention_mask=None):
             )
         _check_mask_dtype("mask", m)
         _check_dims("mask", m.shape, (batch, length))
+
+
+def check_call(inputs, num_heads, mask=None, attention_mask=None):
+    """Validate a layer call's inputs and masks against the contract."""
+    check_inputs(inputs)
+    check_padding_masks(inputs, mask)
+    batch, length = inputs.shape[0], inputs.shape[1]
     if attention_mask is None:
         return
     rank = len(attention_mask.shape)

@@ -175,18 +175,11 @@ def _representative_dataset(model, representative_data):
     return generate
 
 
-def _layer_names(model):
-    names = set()
-    for layer in model._flatten_layers(include_self=False):
-        names.add(layer.name)
-    return names
-
-
 def _flex_error(model, message):
     """A readable error from the converter's 'needs Flex ops' message."""
     ops = re.search(r"TF Select ops: ([^\n]*)", message)
     ops = ops.group(1).strip() if ops else "unknown"
-    known = _layer_names(model)
+    known = {layer.name for layer in model._flatten_layers(include_self=False)}
     layers = set()
     for scope in re.findall(r'fused\["\w+:", "([^"@]+)', message):
         for part in scope.split("/"):
@@ -414,11 +407,12 @@ def verify(
     _check_model(model)
     artifact_path = os.fspath(artifact_path)
     named = _named_inputs(model, inputs)
-    keras_inputs = (
-        named if isinstance(model.input, dict) else list(named.values())
-    )
-    if len(keras_inputs) == 1 and not isinstance(model.input, dict):
-        keras_inputs = keras_inputs[0]
+    if isinstance(model.input, dict):
+        keras_inputs = named
+    else:
+        keras_inputs = list(named.values())
+        if len(keras_inputs) == 1:
+            keras_inputs = keras_inputs[0]
     expected = _flat_outputs(model(keras_inputs, training=False))
     got, ops = _run_artifact(artifact_path, named)
     missing = set(expected) - set(got)

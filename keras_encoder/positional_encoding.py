@@ -31,8 +31,8 @@ class PositionalEncoding(keras.layers.Layer):
     float32 constant, not a weight) and cast to the compute dtype, so mixed
     precision never computes positions in half precision, and int8 TFLite
     quantizes it as a constant instead of computing it from quantized
-    angles. With
-    `mode="learned"` it adds rows of a trainable (max_length, D) table.
+    angles. With `mode="learned"` it adds rows of a trainable
+    (max_length, D) table.
     Either way the sequence length may be unknown until run time, up to
     `max_length`; a longer sequence raises a `ValueError` where its length
     is known when the layer is called (always in eager mode and for the

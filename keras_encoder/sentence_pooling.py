@@ -39,6 +39,8 @@ class SentencePooling(keras.layers.Layer):
         self.supports_masking = True
 
     def call(self, inputs, mask=None):
+        _masking.check_inputs(inputs)
+        _masking.check_padding_masks(inputs, mask)
         # In float32 under mixed precision too: 1e-12 is 0 in float16.
         states = ops.cast(inputs, "float32")
         if self.pooling == "cls":

@@ -40,3 +40,11 @@ def test_symbolic_shape_and_bad_argument():
     assert SentencePooling()(keras.Input((None, 8))).shape == (None, 8)
     with pytest.raises(ValueError, match=r"argument `pooling`.*pooling='max'"):
         SentencePooling("max")
+
+
+def test_bad_mask_is_a_clear_error():
+    x = np.zeros((2, 3, 4), "float32")
+    with pytest.raises(TypeError, match=r"`mask` must be boolean or integer"):
+        SentencePooling()(x, mask=np.ones((2, 3), "float32"))
+    with pytest.raises(ValueError, match=r"axis 1 should be 3"):
+        SentencePooling()(x, mask=np.ones((2, 4), bool))
