@@ -49,6 +49,12 @@ def positive_float(name, value):
     return float(value)
 
 
+def optional_bool(name, value):
+    if value is not None and not isinstance(value, bool):
+        raise invalid(name, "None, True or False", value)
+    return value
+
+
 def activation(value):
     try:
         fn = keras.activations.get(value)

@@ -21,6 +21,9 @@ Only `keras.ops` is used, and no `x[..., None]` indexing: on dynamic shapes
 that lowers to a Flex StridedSlice in TFLite; `ops.expand_dims` does not.
 """
 
+import dataclasses
+
+from keras import backend
 from keras import ops
 
 try:  # Reads masks on every backend (JAX arrays cannot carry attributes).
@@ -42,7 +45,8 @@ _FILL_MARGIN = 128.0
 
 
 def _dtype_name(x):
-    return getattr(x.dtype, "name", str(x.dtype))
+    """The portable dtype name ("bool", "int32", ...) on every backend."""
+    return backend.standardize_dtype(x.dtype)
 
 
 def _as_bool(mask):
@@ -157,37 +161,93 @@ def causal_mask(length):
     )
 
 
-def attention_mask_for(
-    inputs,
-    mask=None,
-    attention_mask=None,
-    use_causal_mask=False,
-):
-    """Merge every mask source into one boolean (B, 1 or H, S, S) mask.
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+    """Every mask source of one attention call, kept apart.
 
-    Call `check_call` first. Returns None when nothing is masked, so the
-    unmasked path stays lean.
+    The sources stay separate so that each attention path can use the
+    cheapest form: the fused path sends a padding-only mask to the kernel
+    as a (B, 1, 1, S) key mask and causality as `is_causal`, and never
+    builds a (B, 1, S, S) tensor for them; the materialised path, and any
+    override of `MultiHeadSelfAttention._compute_attention`, can ask for
+    the merged (B, 1 or H, S, S) boolean mask with `dense()`.
+
+    Build it with `AttentionMask.for_call` after `check_call`.
+
+    Attributes:
+        length: the sequence length S, a Python int or a scalar tensor.
+        padding: (B, S) boolean mask, True for real tokens, or None.
+        pairwise: (B, 1 or H, S, S) boolean mask, True where query i may
+            attend to key j, or None.
+        causal: bool, whether query i may only attend to keys j <= i.
     """
-    merged = None
-    pad = padding_mask(inputs, mask)
-    if pad is not None:
-        # Padded keys are hidden from every query, and padded queries attend
-        # to nothing: their attention output is zero.
-        pad = ops.expand_dims(pad, 1)  # (B, 1, S)
-        merged = ops.logical_and(
-            ops.expand_dims(pad, 3),  # (B, 1, S, 1)
-            ops.expand_dims(pad, 2),  # (B, 1, 1, S)
+
+    length: object
+    padding: object = None
+    pairwise: object = None
+    causal: bool = False
+
+    @classmethod
+    def for_call(
+        cls, inputs, mask=None, attention_mask=None, use_causal_mask=False
+    ):
+        """Collect a layer call's masks: implicit, `mask`, `attention_mask`
+        and `use_causal_mask`."""
+        pairwise = None
+        if attention_mask is not None:
+            pairwise = _as_bool(attention_mask)
+            if len(attention_mask.shape) == 3:
+                pairwise = ops.expand_dims(pairwise, 1)  # (B, 1, S, S)
+        return cls(
+            length=ops.shape(inputs)[1],
+            padding=padding_mask(inputs, mask),
+            pairwise=pairwise,
+            causal=bool(use_causal_mask),
         )
-    if attention_mask is not None:
-        extra = _as_bool(attention_mask)
-        if len(attention_mask.shape) == 3:
-            extra = ops.expand_dims(extra, 1)  # (B, 1, S, S)
-        merged = extra if merged is None else ops.logical_and(merged, extra)
-    if use_causal_mask:
-        causal = causal_mask(ops.shape(inputs)[1])
-        causal = ops.expand_dims(ops.expand_dims(causal, 0), 0)  # (1,1,S,S)
-        merged = causal if merged is None else ops.logical_and(merged, causal)
-    return merged
+
+    @property
+    def is_empty(self):
+        """True when nothing is masked."""
+        return (
+            self.padding is None and self.pairwise is None and not (self.causal)
+        )
+
+    def with_pairwise(self, extra):
+        """A copy with `extra` ((B or 1, 1 or H, S, S), boolean) ANDed in.
+
+        The hook for schemes that restrict attention further, such as a
+        sliding window.
+        """
+        extra = _as_bool(extra)
+        if self.pairwise is not None:
+            extra = ops.logical_and(self.pairwise, extra)
+        return dataclasses.replace(self, pairwise=extra)
+
+    def dense(self):
+        """All sources merged into one boolean (B or 1, 1 or H, S, S) mask.
+
+        A padding mask hides padded keys from every query, and gives padded
+        queries nothing to attend to. Returns None when nothing is masked,
+        so the unmasked path stays lean.
+        """
+        merged = None
+        if self.padding is not None:
+            pad = ops.expand_dims(self.padding, 1)  # (B, 1, S)
+            merged = ops.logical_and(
+                ops.expand_dims(pad, 3),  # (B, 1, S, 1)
+                ops.expand_dims(pad, 2),  # (B, 1, 1, S)
+            )
+        if self.pairwise is not None:
+            merged = _and(merged, self.pairwise)
+        if self.causal:
+            causal = causal_mask(self.length)
+            causal = ops.expand_dims(ops.expand_dims(causal, 0), 0)
+            merged = _and(merged, causal)  # (1, 1, S, S) alone
+        return merged
+
+
+def _and(a, b):
+    return b if a is None else ops.logical_and(a, b)
 
 
 def masked_softmax(scores, mask=None):

@@ -49,6 +49,12 @@ class EncoderBlock(keras.layers.Layer):
             `"glorot_uniform"`.
         bias_initializer: initializer for all dense biases. Defaults to
             `"zeros"`.
+        flash_attention: `None`, `True` or `False`: whether self-attention
+            runs through the backend's fused kernel
+            (`keras.ops.dot_product_attention`); see
+            `MultiHeadSelfAttention`. `None` uses it on the JAX and torch
+            backends whenever the scores are not requested and attention
+            dropout is inactive. Defaults to `None`.
         **kwargs: base layer arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -96,6 +102,7 @@ class EncoderBlock(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        flash_attention=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,6 +123,17 @@ class EncoderBlock(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.flash_attention = _checks.optional_bool(
+            "flash_attention", flash_attention
+        )
+        if self.flash_attention and self.attention_dropout > 0:
+            raise ValueError(
+                "Received an invalid value for argument `flash_attention`: "
+                "the fused kernel cannot apply attention dropout, so "
+                "flash_attention=True needs attention_dropout=0. Received: "
+                f"flash_attention=True, attention_dropout="
+                f"{self.attention_dropout}"
+            )
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -138,6 +156,7 @@ class EncoderBlock(keras.layers.Layer):
             num_heads=self.num_heads,
             key_dim=self.key_dim,
             dropout=self.attention_dropout,
+            flash_attention=self.flash_attention,
             name="self_attention",
             **common,
         )
@@ -148,7 +167,7 @@ class EncoderBlock(keras.layers.Layer):
             name="self_attention_layer_norm",
         )
         self.attention_layer_norm.build(input_shape)
-        self.attention_dropout_layer = keras.layers.Dropout(
+        self.attention_output_dropout = keras.layers.Dropout(
             self.dropout, dtype=dtype, name="self_attention_dropout"
         )
         # Feed-forward sublayer.
@@ -169,7 +188,7 @@ class EncoderBlock(keras.layers.Layer):
             name="feedforward_layer_norm",
         )
         self.feedforward_layer_norm.build(input_shape)
-        self.feedforward_dropout_layer = keras.layers.Dropout(
+        self.feedforward_output_dropout = keras.layers.Dropout(
             self.dropout, dtype=dtype, name="feedforward_dropout"
         )
         self.built = True
@@ -192,15 +211,17 @@ class EncoderBlock(keras.layers.Layer):
         residual = x
         if self.norm_first:
             x = self.attention_layer_norm(x)
-        x, scores = self.attention(
+        x = self.attention(
             x,
             mask=mask,
             attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,
-            return_attention_scores=True,
+            return_attention_scores=return_attention_scores,
             training=training,
         )
-        x = residual + self.attention_dropout_layer(x, training=training)
+        if return_attention_scores:
+            x, scores = x
+        x = residual + self.attention_output_dropout(x, training=training)
         if not self.norm_first:
             x = self.attention_layer_norm(x)
 
@@ -208,7 +229,7 @@ class EncoderBlock(keras.layers.Layer):
         if self.norm_first:
             x = self.feedforward_layer_norm(x)
         x = self.output_dense(self.intermediate_dense(x))
-        x = residual + self.feedforward_dropout_layer(x, training=training)
+        x = residual + self.feedforward_output_dropout(x, training=training)
         if not self.norm_first:
             x = self.feedforward_layer_norm(x)
 
@@ -258,6 +279,7 @@ class EncoderBlock(keras.layers.Layer):
                 "bias_initializer": keras.initializers.serialize(
                     self.bias_initializer
                 ),
+                "flash_attention": self.flash_attention,
             }
         )
         return config

@@ -3,6 +3,7 @@ import math
 import keras
 from keras import ops
 
+from keras_encoder import _attention
 from keras_encoder import _checks
 from keras_encoder import _layers
 from keras_encoder import _masking
@@ -19,11 +20,18 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     Masking follows the package's single contract: True (or 1) means
     "attend", and every source is combined with logical AND: the implicit
     Keras mask of `inputs`, `mask`, `attention_mask` and `use_causal_mask`.
-    Scores are masked with `where` and the softmax runs in float32 (also
-    under mixed precision). Padded queries, and any query left with no key
-    to attend to, get an all-zero attention row, so the output is finite
-    there and padded content never reaches real positions. The padding
-    mask is passed on to the next layer.
+    Padded keys get exactly zero weight, and padded queries, and any query
+    left with no key to attend to, get an all-zero attention row (so their
+    output is the output projection's bias): finite, and padded content
+    never reaches real positions. The padding mask is passed on to the
+    next layer.
+
+    The attention core (scores, mask, softmax, dropout, weighted sum) is
+    one method, `_compute_attention`, that subclasses may override to add
+    position schemes or biases: it takes the projected (B, S, H, D)
+    queries, keys and values and the call's masks. It has two paths, see
+    `flash_attention`: the fused kernel, or explicit float32 scores with a
+    masked softmax (also under mixed precision).
 
     Args:
         num_heads: int, number of attention heads.
@@ -40,6 +48,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             Defaults to `"glorot_uniform"`.
         bias_initializer: initializer for the projection biases. Defaults
             to `"zeros"`.
+        flash_attention: `None`, `True` or `False`, as in
+            `keras.layers.MultiHeadAttention`: whether the attention core
+            runs through `keras.ops.dot_product_attention`, the backend's
+            fused kernel (cuDNN flash attention on JAX + GPU,
+            `scaled_dot_product_attention` on torch). `None` uses it
+            whenever it can: on the JAX and torch backends, when the scores
+            are not requested and attention dropout is inactive. `True`
+            always uses it and raises a `ValueError` saying why where it
+            cannot (on TensorFlow, which has no fused kernel; with
+            `dropout > 0`; with `return_attention_scores=True`; on JAX with
+            `value_dim` unlike `key_dim`). `False`
+            never uses it. Both paths keep the masking contract and agree
+            within float rounding. Defaults to `None`.
         **kwargs: base layer arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -80,6 +101,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        flash_attention=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -90,6 +112,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.flash_attention = _checks.optional_bool(
+            "flash_attention", flash_attention
+        )
+        if self.flash_attention and self.dropout > 0:
+            raise ValueError(
+                "Received an invalid value for argument `flash_attention`: "
+                "the fused kernel cannot apply attention dropout, so "
+                "flash_attention=True needs dropout=0. Received: "
+                f"flash_attention=True, dropout={self.dropout}"
+            )
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -145,18 +177,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         training=None,
     ):
         _masking.check_call(inputs, self.num_heads, mask, attention_mask)
-        merged_mask = _masking.attention_mask_for(
-            inputs,
-            mask=mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
+        masks = _masking.AttentionMask.for_call(
+            inputs, mask, attention_mask, use_causal_mask
         )
-        scale = 1.0 / math.sqrt(self._head_key_dim)
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
         heads = self.num_heads
         query = ops.reshape(
-            self.query_dense(inputs) * ops.cast(scale, self.compute_dtype),
-            (batch, length, heads, self._head_key_dim),
+            self.query_dense(inputs), (batch, length, heads, self._head_key_dim)
         )  # (B, S, H, Dk)
         key = ops.reshape(
             self.key_dense(inputs), (batch, length, heads, self._head_key_dim)
@@ -165,28 +192,83 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             self.value_dense(inputs),
             (batch, length, heads, self._head_value_dim),
         )
-
-        # Scores and softmax in float32, so float16 cannot overflow them.
-        scores = ops.einsum(
-            "bqhd,bkhd->bhqk",
-            ops.cast(query, "float32"),
-            ops.cast(key, "float32"),
-        )  # (B, H, S, S)
-        probs = ops.cast(
-            _masking.masked_softmax(scores, merged_mask), self.compute_dtype
-        )
-        context = ops.einsum(
-            "bhqk,bkhd->bqhd",
-            self.dropout_layer(probs, training=training),
+        context, scores = self._compute_attention(
+            query,
+            key,
             value,
-        )  # (B, S, H, Dv)
+            masks,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
         context = ops.reshape(
             context, (batch, length, heads * self._head_value_dim)
         )
         outputs = self.output_dense(context)
         if return_attention_scores:
-            return outputs, probs
+            return outputs, scores
         return outputs
+
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask,
+        training=None,
+        return_attention_scores=False,
+    ):
+        """The attention core, the seam for position schemes and biases.
+
+        Args:
+            query: (B, S, H, Dk) projected queries, not yet scaled.
+            key: (B, S, H, Dk) projected keys.
+            value: (B, S, H, Dv) projected values.
+            attention_mask: an `AttentionMask` holding the call's padding
+                mask, pairwise mask and causal flag, kept apart so the
+                fused kernel gets its cheapest form; `.dense()` merges them
+                into one boolean (B, 1 or H, S, S) mask, and
+                `.with_pairwise(extra)` restricts attention further.
+            training: bool, whether attention dropout is active.
+            return_attention_scores: bool, whether to return the
+                probabilities.
+
+        Returns:
+            `(context, scores)`: the (B, S, H, Dv) context, and the
+            (B, H, S, S) probabilities, or None when they were not asked
+            for and the fused path ran.
+        """
+        scale = 1.0 / math.sqrt(self._head_key_dim)
+        if self._use_fused(return_attention_scores, training):
+            context = _attention.fused(
+                query, key, value, attention_mask, scale=scale
+            )
+            return context, None
+        return _attention.materialized(
+            query,
+            key,
+            value,
+            attention_mask,
+            scale=scale,
+            dropout=self.dropout_layer,
+            training=training,
+        )
+
+    def _use_fused(self, return_attention_scores, training):
+        """Whether this call takes the fused path, per `flash_attention`."""
+        if self.flash_attention is False:
+            return False
+        reason = _attention.fused_unsupported_reason(
+            self._head_key_dim,
+            self._head_value_dim,
+            return_attention_scores=return_attention_scores,
+            dropout_active=bool(training) and self.dropout > 0,
+        )
+        if reason is not None and self.flash_attention:
+            raise ValueError(
+                "Received an invalid value for argument `flash_attention`: "
+                f"{reason}. Received: flash_attention=True"
+            )
+        return reason is None
 
     def compute_mask(self, inputs, mask=None):
         return _masking.padding_mask(inputs, mask)
@@ -228,6 +310,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                 "bias_initializer": keras.initializers.serialize(
                     self.bias_initializer
                 ),
+                "flash_attention": self.flash_attention,
             }
         )
         return config

@@ -46,6 +46,11 @@ def randomize_weights(layer, seed=0, scale=0.5):
     )
 
 
+def to_numpy(x):
+    """A backend tensor (or anything array-like) as a NumPy array."""
+    return keras.ops.convert_to_numpy(x)
+
+
 def padding_mask(lengths, length):
     return np.arange(length)[None, :] < np.asarray(lengths)[:, None]
 
@@ -53,6 +58,10 @@ def padding_mask(lengths, length):
 def _outputs(layer, x):
     out = layer(x)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _numpy_outputs(layer, x):
+    return to_numpy(_outputs(layer, x))
 
 
 def run_layer_test(cls, init_kwargs, width=16, tmp_path=None):

@@ -66,6 +66,8 @@ def test_non_default_config_round_trips(cls):
         "embeddings_initializer": keras.initializers.RandomNormal(0.0, 0.02),
         "pooling": "cls",
         "normalize": False,
+        # True needs dropout 0 (tested below); False is also not the default.
+        "flash_attention": False,
     }
     params = inspect.signature(cls.__init__).parameters
     kwargs = {
@@ -166,6 +168,20 @@ BAD_ARGUMENTS = [
         "0",
     ),
     (
+        MultiHeadSelfAttention,
+        {"num_heads": 2, "flash_attention": "yes"},
+        "flash_attention",
+        "None, True or False",
+        "'yes'",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "flash_attention": 1},
+        "flash_attention",
+        "None, True or False",
+        "1",
+    ),
+    (
         PositionalEncoding,
         {"max_length": 0},
         "max_length",
@@ -200,3 +216,24 @@ def test_block_checks_width_against_heads_at_build():
         r"num_heads .* Received: num_heads=3",
     ):
         block.build((None, None, 8))
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (MultiHeadSelfAttention, {"num_heads": 2, "dropout": 0.1}),
+        (
+            EncoderBlock,
+            {"num_heads": 2, "intermediate_dim": 4, "attention_dropout": 0.1},
+        ),
+    ],
+)
+def test_flash_attention_refuses_attention_dropout(cls, kwargs):
+    with pytest.raises(
+        ValueError,
+        match=r"argument `flash_attention`: the fused kernel cannot apply "
+        r"attention dropout, so flash_attention=True needs "
+        r"(attention_)?dropout=0. Received: flash_attention=True, "
+        r"(attention_)?dropout=0.1$",
+    ):
+        cls(**kwargs, flash_attention=True)

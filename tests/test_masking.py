@@ -22,6 +22,7 @@ from tests import numpy_reference as ref
 from tests.helpers import attention_weights
 from tests.helpers import padding_mask
 from tests.helpers import randomize_weights
+from tests.helpers import to_numpy
 
 # No "explain" phase: its line tracer trips over Keras's recursion.
 FUZZ = settings(
@@ -35,7 +36,7 @@ FUZZ = settings(
 def _value_and_gradients(layer, x, loss_mask=None, **kwargs):
     """Output and d(loss)/d(inputs and trainable weights), where the loss is
     the sum of squared outputs at the positions where `loss_mask` is True
-    (all by default). TensorFlow and JAX backends."""
+    (all by default). TensorFlow, JAX and torch backends."""
     if not layer.built:
         layer.build(x.shape)
 
@@ -60,6 +61,23 @@ def _value_and_gradients(layer, x, loss_mask=None, **kwargs):
             forward, argnums=(0, 1), has_aux=True
         )(x, trainable)
         return out, [dx, *dw]
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        if loss_mask is not None:
+            loss_mask = torch.as_tensor(loss_mask)
+        out = layer(x, **kwargs)
+        weights = [w.value for w in layer.trainable_weights]
+        grads = torch.autograd.grad(
+            loss_of(out), [x, *weights], allow_unused=True
+        )
+        grads = [
+            torch.zeros_like(w) if g is None else g
+            for g, w in zip(grads, [x, *weights], strict=True)
+        ]
+        return out.detach(), grads
 
     import tensorflow as tf
 
@@ -103,6 +121,8 @@ def encoder_cases(draw):
         "norm_first": draw(st.booleans()),
         "scale": draw(st.sampled_from([1e-3, 1.0, 30.0, 1e3])),
         "seed": draw(st.integers(0, 2**16)),
+        # None: the fused path on JAX and torch, materialised on TensorFlow.
+        "flash_attention": draw(st.sampled_from([None, False])),
     }
 
 
@@ -113,7 +133,12 @@ def test_no_padding_leak_and_finite_gradients(case):
     shape = (case["batch"], case["length"], case["width"])
     mask = padding_mask(case["lengths"], case["length"])
     x = (rng.normal(size=shape) * case["scale"]).astype("float32")
-    block = EncoderBlock(case["heads"], 8, norm_first=case["norm_first"])
+    block = EncoderBlock(
+        case["heads"],
+        8,
+        norm_first=case["norm_first"],
+        flash_attention=case["flash_attention"],
+    )
     block.build(shape)
     randomize_weights(block, case["seed"])
     kwargs = {"mask": mask, "use_causal_mask": case["causal"]}
@@ -123,7 +148,7 @@ def test_no_padding_leak_and_finite_gradients(case):
     # Real outputs get no gradient from padded inputs.
     _, grads = _value_and_gradients(block, x, loss_mask=mask, **kwargs)
     assert _all_finite(*grads)
-    assert (np.asarray(grads[0])[~mask] == 0).all()
+    assert (to_numpy(grads[0])[~mask] == 0).all()
 
     # Change only the padded content: real positions are unchanged.
     noisy = np.where(
@@ -131,7 +156,7 @@ def test_no_padding_leak_and_finite_gradients(case):
     )
     # Masked keys get exactly zero weight, so this holds bit for bit.
     np.testing.assert_array_equal(
-        np.asarray(block(noisy, **kwargs))[mask], np.asarray(out)[mask]
+        to_numpy(block(noisy, **kwargs))[mask], to_numpy(out)[mask]
     )
 
 
@@ -158,6 +183,7 @@ def test_attention_matches_numpy_reference(case, attention_mask_kind):
         use_causal_mask=case["causal"],
         return_attention_scores=True,
     )
+    out, scores = to_numpy(out), to_numpy(scores)
     head_dim = case["width"] // h
     expected, expected_scores = ref.attention(
         x,
@@ -218,18 +244,18 @@ def test_all_sources_combine_with_and():
     allowed = ref.full_mask(
         b, s, 2, mask=pad, attention_mask=attention_mask, causal=True
     )
-    scores = np.asarray(scores)
+    scores = to_numpy(scores)
     assert (scores[~allowed] == 0).all()
     rows = allowed.any(-1)
     np.testing.assert_allclose(scores.sum(-1)[rows], 1.0, rtol=1e-5)
 
     # The same, with everything folded into one attention_mask by hand.
     _, by_hand = layer(
-        np.asarray(embedded),
+        to_numpy(embedded),
         attention_mask=allowed,
         return_attention_scores=True,
     )
-    np.testing.assert_allclose(by_hand, scores, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(by_hand), scores, atol=1e-6)
 
 
 def test_implicit_mask_is_kept_with_attention_mask_tensor():
@@ -241,7 +267,7 @@ def test_implicit_mask_is_kept_with_attention_mask_tensor():
         attention_mask=np.ones((1, 4, 4), bool),
         return_attention_scores=True,
     )
-    assert (np.asarray(scores)[0, 0, :, 2:] == 0).all()
+    assert (to_numpy(scores)[0, 0, :, 2:] == 0).all()
 
 
 def test_integer_masks_mean_the_same_as_boolean():
@@ -250,8 +276,12 @@ def test_integer_masks_mean_the_same_as_boolean():
     am = np.random.default_rng(1).random((2, 4, 4)) > 0.5
     layer = MultiHeadSelfAttention(2)
     np.testing.assert_array_equal(
-        layer(x, mask=mask, attention_mask=am),
-        layer(x, mask=mask.astype("int32"), attention_mask=am.astype("int8")),
+        to_numpy(layer(x, mask=mask, attention_mask=am)),
+        to_numpy(
+            layer(
+                x, mask=mask.astype("int32"), attention_mask=am.astype("int8")
+            )
+        ),
     )
 
 

@@ -27,3 +27,14 @@ def test_seq_4096_fits_documented_budget(train, limit_mib):
     result = _memory().measure(4096, batch=1, train=train)
     assert result["finite"]
     assert result["growth_mib"] < limit_mib, result
+
+
+def test_torch_fused_attention_memory_grows_with_s_not_s_squared():
+    """The torch backend's fused kernel (scaled_dot_product_attention, a
+    flash kernel on CPU): a forward pass of one block at S=8192 peaks below
+    one (1, 4, 8192, 8192) float32 tensor, 1 GiB (measured: about 160 MiB;
+    the materialised path needs several such tensors)."""
+    pytest.importorskip("torch")
+    result = _memory().measure(8192, batch=1, backend="torch", flash=None)
+    assert result["finite"]
+    assert result["growth_mib"] < 1024, result

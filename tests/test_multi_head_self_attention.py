@@ -9,6 +9,7 @@ from tests import numpy_reference as ref
 from tests.helpers import attention_weights
 from tests.helpers import padding_mask
 from tests.helpers import randomize_weights
+from tests.helpers import to_numpy
 
 
 def _layer(x, seed=0, **kwargs):
@@ -43,6 +44,7 @@ def test_matches_numpy_reference(case, key_dim, value_dim):
     out, scores = layer(
         x, use_causal_mask=causal, return_attention_scores=True, **kwargs
     )
+    out, scores = to_numpy(out), to_numpy(scores)
     kd = key_dim or 4
     expected, expected_scores = ref.attention(
         x,
@@ -85,7 +87,8 @@ def test_matches_keras_multi_head_attention(causal):
         attention_mask=mask[:, None, :] & mask[:, :, None],
         use_causal_mask=causal,
     )
-    got = ours(x, mask=mask, use_causal_mask=causal)
+    got = to_numpy(ours(x, mask=mask, use_causal_mask=causal))
+    expected = to_numpy(expected)
     real = mask[..., None]  # Keras MHA is not zero at masked query rows.
     np.testing.assert_allclose(
         np.where(real, got, 0), np.where(real, expected, 0), atol=1e-5
@@ -102,10 +105,10 @@ def test_hand_set_weights():
     layer.set_weights([eye, zero] * 4)
     p = math.exp(a * a / math.sqrt(2)) / (math.exp(a * a / math.sqrt(2)) + 1)
     expected = [[[p * a, (1 - p) * a], [(1 - p) * a, p * a]]]
-    np.testing.assert_allclose(layer(x), expected, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-6)
     # Masking the second token: the first attends only to itself, the
     # second (a padded query) gets a zero attention output.
-    out = layer(x, mask=np.array([[True, False]]))
+    out = to_numpy(layer(x, mask=np.array([[True, False]])))
     np.testing.assert_allclose(out, [[[a, 0.0], [0.0, 0.0]]], atol=1e-6)
 
 
@@ -119,7 +122,7 @@ def test_attention_scores():
         use_causal_mask=True,
     )
     assert scores.shape == (2, 2, 4, 4)
-    scores = np.asarray(scores)
+    out, scores = to_numpy(out), to_numpy(scores)
     np.testing.assert_allclose(scores[0, :, :3].sum(-1), 1.0, rtol=1e-6)
     assert (scores[0, :, 3] == 0).all()  # padded query
     assert (scores[0, :, :, 3] == 0).all()  # padded key

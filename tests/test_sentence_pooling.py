@@ -4,13 +4,14 @@ import pytest
 
 from keras_encoder import SentencePooling
 from tests.helpers import padding_mask
+from tests.helpers import to_numpy
 
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_masked_mean_matches_numpy(normalize):
     x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype("float32")
     mask = padding_mask([5, 2, 0], 5)
-    out = np.asarray(SentencePooling(normalize=normalize)(x, mask=mask))
+    out = to_numpy(SentencePooling(normalize=normalize)(x, mask=mask))
     expected = np.stack([x[0].mean(0), x[1, :2].mean(0), np.zeros(4)])
     if normalize:
         norms = np.linalg.norm(expected, axis=-1, keepdims=True)
@@ -22,16 +23,17 @@ def test_cls_and_implicit_mask():
     tokens = np.array([[3, 4, 0], [5, 0, 0]])
     embedded = keras.layers.Embedding(10, 4, mask_zero=True)(tokens)
     cls = SentencePooling("cls", normalize=False)(embedded)
-    np.testing.assert_allclose(cls, np.asarray(embedded)[:, 0], atol=1e-7)
+    embedded_np = to_numpy(embedded)
+    np.testing.assert_allclose(to_numpy(cls), embedded_np[:, 0], atol=1e-7)
     mean = SentencePooling(normalize=False)(embedded)  # implicit mask
-    np.testing.assert_allclose(mean[1], np.asarray(embedded)[1, 0], atol=1e-7)
+    np.testing.assert_allclose(to_numpy(mean)[1], embedded_np[1, 0], atol=1e-7)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_empty_rows_are_zero(policy):
     x = np.random.default_rng(1).normal(size=(2, 3, 4)).astype("float32")
     out = SentencePooling(dtype=policy)(x, mask=padding_mask([3, 0], 3))
-    out = np.asarray(keras.ops.cast(out, "float32"))
+    out = to_numpy(keras.ops.cast(out, "float32"))
     assert np.isfinite(out).all() and (out[1] == 0).all()
     np.testing.assert_allclose(np.linalg.norm(out[0]), 1.0, atol=1e-2)
 

@@ -1,0 +1,122 @@
+"""The attention core: two paths to `softmax(Q K^T * scale) V`, one contract.
+
+Both take projected (B, S, H, D) queries, keys and values and an
+`_masking.AttentionMask`, and return the (B, S, H, Dv) context. Query rows
+with nothing to attend to (padded queries, fully padded sequences, rows an
+`attention_mask` empties) get exactly 0 on both paths, and padded keys get
+exactly zero weight, so padded content never reaches a real position.
+
+- `materialized` computes the (B, H, S, S) scores and probabilities in
+  float32 (also under mixed precision) with the quantization-friendly fill
+  of `_masking.masked_softmax`. It is the only path that can return the
+  probabilities or apply dropout to them, and the one TensorFlow and TFLite
+  use: TensorFlow has no fused kernel, and int8 TFLite depends on the fill.
+- `fused` calls `keras.ops.dot_product_attention`, which runs the backend's
+  fused kernel: cuDNN flash attention on JAX + GPU, the splash kernel on
+  TPU, `scaled_dot_product_attention` on torch (whose CPU kernel needs
+  memory linear in S, not S^2).
+"""
+
+from keras import backend
+from keras import ops
+
+from keras_encoder import _masking
+
+
+def materialized(
+    query, key, value, mask, *, scale, dropout=None, training=None
+):
+    """Attention with explicit scores. Returns (context, probabilities).
+
+    Args:
+        query, key: (B, S, H, Dk) tensors.
+        value: (B, S, H, Dv) tensor.
+        mask: an `_masking.AttentionMask`.
+        scale: float, multiplies the queries before the product.
+        dropout: optional `keras.layers.Dropout` for the probabilities.
+        training: bool, whether dropout is active.
+
+    Returns:
+        (B, S, H, Dv) context and (B, H, S, S) probabilities, both in the
+        dtype of `value`.
+    """
+    dtype = backend.standardize_dtype(value.dtype)
+    query = query * ops.cast(scale, dtype)
+    # Scores and softmax in float32, so float16 cannot overflow them.
+    scores = ops.einsum(
+        "bqhd,bkhd->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32")
+    )  # (B, H, S, S)
+    probs = ops.cast(_masking.masked_softmax(scores, mask.dense()), dtype)
+    weights = probs if dropout is None else dropout(probs, training=training)
+    context = ops.einsum("bhqk,bkhd->bqhd", weights, value)  # (B, S, H, Dv)
+    return context, probs
+
+
+def fused(query, key, value, mask, *, scale):
+    """Attention through `keras.ops.dot_product_attention`.
+
+    The kernel never sees a query row with nothing to attend to (such rows
+    are opened to every key, so no kernel divides by zero or returns NaN),
+    and those rows are set to exactly 0 afterwards. A padding-only mask
+    goes to the kernel as a (B, 1, 1, S) key mask (broadcast to
+    (B, 1, S, S) on JAX, whose cuDNN kernel needs the full query axis), and
+    a causal-only mask as `is_causal`.
+
+    Args and returns as `materialized`, without probabilities: the
+    (B, S, H, Dv) context.
+    """
+    kernel_mask = None
+    keep = None  # (B, S, 1 or H, 1): False for query rows that attend nothing
+    is_causal = False
+    if mask.pairwise is None and not (mask.causal and mask.padding is not None):
+        is_causal = mask.causal
+        if mask.padding is not None:
+            pad = mask.padding  # (B, S)
+            keys = ops.logical_or(
+                pad, ops.logical_not(ops.any(pad, axis=1, keepdims=True))
+            )
+            kernel_mask = ops.expand_dims(ops.expand_dims(keys, 1), 1)
+            if backend.backend() == "jax":
+                length = ops.shape(query)[1]
+                batch = ops.shape(query)[0]
+                kernel_mask = ops.broadcast_to(
+                    kernel_mask, (batch, 1, length, length)
+                )
+            keep = ops.expand_dims(ops.expand_dims(pad, 2), 3)
+    else:
+        dense = mask.dense()  # (B or 1, 1 or H, S, S)
+        attends = ops.any(dense, axis=-1, keepdims=True)
+        kernel_mask = ops.logical_or(dense, ops.logical_not(attends))
+        keep = ops.transpose(attends, (0, 2, 1, 3))  # (B, S, 1 or H, 1)
+    context = ops.dot_product_attention(
+        query,
+        key,
+        value,
+        mask=kernel_mask,
+        scale=scale,
+        is_causal=is_causal,
+    )
+    if keep is not None:
+        context = ops.where(keep, context, ops.zeros_like(context))
+    return context
+
+
+def fused_unsupported_reason(
+    key_dim, value_dim, return_attention_scores=False, dropout_active=False
+):
+    """Why the fused path cannot run here, or None when it can."""
+    if backend.backend() == "tensorflow":
+        return (
+            "the TensorFlow backend has no fused attention kernel (use the "
+            "JAX or torch backend)"
+        )
+    if backend.backend() == "jax" and key_dim != value_dim:
+        return (
+            f"JAX's fused kernel needs value_dim equal to key_dim, got "
+            f"{value_dim} and {key_dim}"
+        )
+    if return_attention_scores:
+        return "the fused kernel cannot return attention scores"
+    if dropout_active:
+        return "the fused kernel cannot apply attention dropout"
+    return None
