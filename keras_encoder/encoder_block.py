@@ -81,8 +81,10 @@ class EncoderBlock(keras.layers.Layer):
     >>> x = PositionalEncoding(max_length=128)(x)
     >>> x = EncoderBlock(num_heads=4, intermediate_dim=128)(x)
     >>> x = EncoderBlock(num_heads=4, intermediate_dim=128)(x)
-    >>> pooled = keras.layers.GlobalAveragePooling1D()(x)
+    >>> pooled = SentencePooling(normalize=False)(x)  # masked mean
     >>> model = keras.Model(tokens, keras.layers.Dense(2)(pooled))
+    >>> tuple(model.output.shape)
+    (None, 2)
 
     References:
         - [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762)

@@ -85,7 +85,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     >>> layer = MultiHeadSelfAttention(num_heads=4)
     >>> x = np.random.rand(2, 10, 32).astype("float32")
     >>> mask = np.arange(10)[None, :] < np.array([[7], [10]])
-    >>> layer(x, mask=mask).shape
+    >>> tuple(layer(x, mask=mask).shape)
     (2, 10, 32)
 
     References:

@@ -60,7 +60,7 @@ class PositionalEncoding(keras.layers.Layer):
 
     >>> embed = keras.layers.Embedding(1000, 32, mask_zero=True)
     >>> x = PositionalEncoding(max_length=64)(embed(np.array([[5, 8, 0]])))
-    >>> x.shape
+    >>> tuple(x.shape)
     (1, 3, 32)
 
     References:

@@ -271,3 +271,14 @@ def test_quantized_quickstart_keeps_accuracy(mode, quickstart_model, tmp_path):
     probs = run_tflite(path, {"tokens": x_val})["output_0"]
     accuracy = np.mean((probs[:, 0] > 0.5) == y_val)
     assert accuracy >= float_accuracy - 0.01, (accuracy, float_accuracy)
+
+
+def test_quickstart_float32_tflite_stays_lean(tmp_path):
+    """The quickstart model's float32 TFLite graph keeps at most 122 ops
+    (its count before the attention seam and the fused path), all builtin."""
+    model = load_example("quickstart").build_model()
+    described = export.describe_tflite(
+        export.to_tflite(model, tmp_path / "quickstart.tflite")
+    )
+    assert described["builtin_only"], described["ops"]
+    assert sum(described["ops"].values()) <= 122, described["ops"]
