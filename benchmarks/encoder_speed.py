@@ -1,7 +1,9 @@
-"""Encoder speed: keras_encoder against the anchors, in one process.
+"""Encoder speed: keras_encoder against the anchors, oneDNN off and on.
 
 Run:  python benchmarks/encoder_speed.py [--configs A B] [--rounds N]
-      (needs `pip install keras-hub`; torch and onnxruntime are optional)
+          [--onednn off|on|both] [--modes graph xla tflite train latency]
+          [--no-torch]
+      (needs `pip install keras-hub`; torch is optional)
 
 Builds the same encoder stack (post-LN, GELU, no mask) from
   - keras_encoder `EncoderBlock`,
@@ -9,14 +11,21 @@ Builds the same encoder stack (post-LN, GELU, no mask) from
   - a block of `keras.layers.MultiHeadAttention` + `Dense` +
     `LayerNormalization` ("keras MHA"),
   - `torch.nn.TransformerEncoder` with its inference fast path, if torch
-    is installed,
+    is installed (and --no-torch is not given),
 and measures, interleaved (A B C, B C A, C A B, ...) after warm-up: the
-forward pass in graph mode (`tf.function`, no XLA), with XLA, and as TFLite
-(XNNPACK, 2 threads); a training step (`train_on_batch`, graph mode); and
-batch 1 x seq 16 latency. A 2048 x 2048 float32 matmul in the same run
-gives the peak that GF/s are compared with. Prints a table (median, min,
-max, GF/s, % of peak, ratios of each anchor's median to ours), writes
-JSON and a PNG bar chart to --out.
+forward pass in graph mode (`tf.function`, no XLA; mode `graph`), with XLA
+(`xla`), and as TFLite (XNNPACK, 2 threads; `tflite`); a training step
+(`train_on_batch`, graph mode; `train`); and batch 1 x seq 16 latency
+(`latency`). A 2048 x 2048 float32 matmul in the same run gives the peak
+that GF/s are compared with.
+
+TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` once, when it is imported, so each
+oneDNN setting runs in its own child process (this script again, with the
+variable set); this parent process never imports TensorFlow. It prints one
+report naming the CPU, its vector/matrix instruction flags and the oneDNN
+setting of each section (median, min, max, GF/s, % of peak, ratios of each
+anchor's median to ours), and writes one JSON holding both settings and a
+PNG bar chart to --out.
 
 Configs: A = batch 8, seq 128, width 256, 4 heads, FFN 1024, 4 layers;
 B = batch 16, seq 128, width 384, 12 heads, FFN 1536, 6 layers.
@@ -27,25 +36,73 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import timing  # noqa: E402
-
-import keras_encoder  # noqa: E402
-from keras_encoder import export  # noqa: E402
+import timing  # noqa: E402  (sets OMP_WAIT_POLICY for the children too)
 
 CONFIGS = {
     "A": dict(batch=8, seq=128, width=256, heads=4, ffn=1024, layers=4),
     "B": dict(batch=16, seq=128, width=384, heads=12, ffn=1536, layers=6),
 }
+# Command-line name -> report name, in report order.
+MODES = {
+    "graph": "graph",
+    "xla": "XLA",
+    "tflite": "TFLite",
+    "train": "train step",
+    "latency": "batch 1 x seq 16",
+}
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+ONEDNN_VALUES = {"off": "0", "on": "1"}
+# /proc/cpuinfo flags that decide which matmul kernels run.
+CPU_FLAGS = (
+    "fma",
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 THREADS = 2
 OURS = "keras_encoder"
+
+
+def cpu_info():
+    """CPU model name and the flags of CPU_FLAGS it has (Linux only)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    name = value.strip()
+                elif key == "flags":
+                    flags = set(value.split())
+                if key in ("model name", "flags") and name and flags:
+                    break
+    except OSError:
+        pass
+    return {
+        "model_name": name,
+        "cores": os.cpu_count(),
+        "flags": [flag for flag in CPU_FLAGS if flag in flags],
+    }
+
+
+# ---------------------------------------------------------------------------
+# Child process: one oneDNN setting. TensorFlow and Keras are imported here,
+# inside the functions, never in the parent.
 
 
 def forward_flops(batch, seq, width, heads, ffn, layers):
@@ -57,6 +114,10 @@ def forward_flops(batch, seq, width, heads, ffn, layers):
 
 
 def build_ours(c):
+    import keras
+
+    import keras_encoder
+
     inputs = keras.Input((None, c["width"]))
     x = inputs
     for _ in range(c["layers"]):
@@ -67,6 +128,7 @@ def build_ours(c):
 
 
 def build_keras_hub(c):
+    import keras
     import keras_hub
 
     inputs = keras.Input((None, c["width"]))
@@ -79,6 +141,8 @@ def build_keras_hub(c):
 
 
 def build_keras_mha(c):
+    import keras
+
     inputs = keras.Input((None, c["width"]))
     x = inputs
     for _ in range(c["layers"]):
@@ -125,6 +189,8 @@ def torch_runner(c):
 
 
 def graph_runner(model, jit_compile):
+    import tensorflow as tf
+
     fn = tf.function(
         lambda x: model(x, training=False),
         jit_compile=jit_compile,
@@ -136,6 +202,8 @@ def graph_runner(model, jit_compile):
 def tflite_runner(model, directory, name):
     from ai_edge_litert.interpreter import Interpreter
 
+    from keras_encoder import export
+
     path = export.to_tflite(model, os.path.join(directory, f"{name}.tflite"))
     runner = Interpreter(
         model_path=path, num_threads=THREADS
@@ -145,6 +213,8 @@ def tflite_runner(model, directory, name):
 
 
 def train_runner(model):
+    import keras
+
     clone = keras.models.clone_model(model)
     clone.compile(optimizer="adam", loss="mse", jit_compile=False)
 
@@ -155,6 +225,8 @@ def train_runner(model):
 
 
 def matmul_peak(rounds=20, n=2048):
+    import tensorflow as tf
+
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
     fn = tf.function(lambda: tf.matmul(a, b))
@@ -164,37 +236,53 @@ def matmul_peak(rounds=20, n=2048):
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def measure(config_name, rounds, directory):
+def measure(config_name, modes, rounds, use_torch, directory):
+    """{report mode name: {implementation: summary}} for one config."""
+    import keras
+    import numpy as np
+
     c = CONFIGS[config_name]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(c["batch"], c["seq"], c["width"])).astype("float32")
     small = rng.normal(size=(1, 16, c["width"])).astype("float32")
     keras.utils.set_random_seed(0)
     models = {name: build(c) for name, build in BUILDERS.items()}
-    torch_run = torch_runner(c)
-    modes = {}
-    modes["graph"] = {n: graph_runner(m, False) for n, m in models.items()}
-    modes["XLA"] = {n: graph_runner(m, True) for n, m in models.items()}
-    modes["TFLite"] = {
-        n: tflite_runner(m, directory, f"{config_name}_{n}".replace(" ", "_"))
-        for n, m in models.items()
-    }
-    if torch_run is not None:
-        modes["graph"]["torch"] = torch_run
-    modes["train step"] = {n: train_runner(m) for n, m in models.items()}
-    latency = dict(modes["TFLite"])
-    latency = {f"{n} TFLite": r for n, r in latency.items()}
-    latency[f"{OURS} graph"] = modes["graph"][OURS]
-    if torch_run is not None:
-        latency["torch"] = torch_run
+    torch_run = torch_runner(c) if use_torch else None
+
+    runners = {}
+    if "graph" in modes or "latency" in modes:
+        runners["graph"] = {
+            n: graph_runner(m, False) for n, m in models.items()
+        }
+        if torch_run is not None:
+            runners["graph"]["torch"] = torch_run
+    if "xla" in modes:
+        runners["xla"] = {n: graph_runner(m, True) for n, m in models.items()}
+    if "tflite" in modes or "latency" in modes:
+        runners["tflite"] = {
+            n: tflite_runner(
+                m, directory, f"{config_name}_{n}".replace(" ", "_")
+            )
+            for n, m in models.items()
+        }
+    if "train" in modes:
+        runners["train"] = {n: train_runner(m) for n, m in models.items()}
+    if "latency" in modes:
+        latency = {f"{n} TFLite": r for n, r in runners["tflite"].items()}
+        latency[f"{OURS} graph"] = runners["graph"][OURS]
+        if torch_run is not None:
+            latency["torch"] = torch_run
+        runners["latency"] = latency
 
     flops = forward_flops(**c)
     results = {}
-    for mode, runners in modes.items():
-        results[mode] = summarize(timing.interleaved(runners, x, rounds), flops)
-    results["batch 1 x seq 16"] = summarize(
-        timing.interleaved(latency, small, rounds * 3), None
-    )
+    for mode in (m for m in MODES if m in modes):
+        if mode == "latency":
+            times = timing.interleaved(runners[mode], small, rounds * 3)
+            results[MODES[mode]] = summarize(times, None)
+        else:
+            times = timing.interleaved(runners[mode], x, rounds)
+            results[MODES[mode]] = summarize(times, flops)
     return results
 
 
@@ -211,8 +299,73 @@ def summarize(times, flops):
     return out
 
 
-def print_table(config_name, results, peak):
-    print(f"\n### Config {config_name}: {CONFIGS[config_name]}\n")
+def run_child(args):
+    """Measure every config under this process's oneDNN setting."""
+    import keras
+    import tensorflow as tf
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = matmul_peak()
+        for name in args.configs:
+            print(f"  config {name} ...", file=sys.stderr, flush=True)
+            results[name] = measure(
+                name, args.modes, args.rounds, not args.no_torch, tmp
+            )
+        peak_end = matmul_peak()
+    with open(args.child_out, "w") as f:
+        json.dump(
+            {
+                "onednn_env": os.environ.get(ONEDNN_ENV),
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "peak_gflops": [peak, peak_end],
+                "results": results,
+            },
+            f,
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Parent process: one child per oneDNN setting, then one report.
+
+
+def run_setting(setting, args, directory):
+    """Run this script in a child with oneDNN `setting`; its results."""
+    out = os.path.join(directory, f"{setting}.json")
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--configs",
+        *args.configs,
+        "--modes",
+        *args.modes,
+        "--rounds",
+        str(args.rounds),
+        "--child-out",
+        out,
+    ]
+    if args.no_torch:
+        command.append("--no-torch")
+    env = dict(os.environ, **{ONEDNN_ENV: ONEDNN_VALUES[setting]})
+    print(
+        f"measuring with oneDNN {setting} ({ONEDNN_ENV}="
+        f"{ONEDNN_VALUES[setting]}) in a child process ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    subprocess.run(command, env=env, check=True)
+    with open(out) as f:
+        return json.load(f)
+
+
+def setting_title(setting):
+    return f"oneDNN {setting} ({ONEDNN_ENV}={ONEDNN_VALUES[setting]})"
+
+
+def print_table(title, config_name, results, peak):
+    print(f"\n### {title}, config {config_name}: {CONFIGS[config_name]}\n")
     print(
         "| mode | implementation | median ms | min | max | GF/s | % peak "
         "| anchor / ours |"
@@ -231,25 +384,54 @@ def print_table(config_name, results, peak):
             )
 
 
-def plot(all_results, path):
-    """One row of panels per config, one panel per mode."""
+def print_summary(settings):
+    """keras-hub / ours per config and mode, one column per setting."""
+    names = list(settings)
+    print("\n### keras-hub / ours (median ratio, > 1: ours is faster)\n")
+    print("| config | mode | " + " | ".join(map(setting_title, names)) + " |")
+    print("|---|---|" + "---|" * len(names))
+    first = settings[names[0]]["results"]
+    for config, modes in first.items():
+        for mode in modes:
+            cells = []
+            for setting in names:
+                rows = settings[setting]["results"][config][mode]
+                ours = next(v for k, v in rows.items() if k.startswith(OURS))
+                hub = next(
+                    (v for k, v in rows.items() if k.startswith("keras-hub")),
+                    None,
+                )
+                cells.append(
+                    f"{hub['median_ms'] / ours['median_ms']:.2f}x"
+                    if hub
+                    else "-"
+                )
+            print(f"| {config} | {mode} | " + " | ".join(cells) + " |")
+
+
+def plot(settings, path):
+    """One row of panels per (setting, config), one panel per mode."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = list(all_results)
-    modes = list(all_results[configs[0]])
+    panels = [
+        (setting, config, results)
+        for setting, data in settings.items()
+        for config, results in data["results"].items()
+    ]
+    modes = list(panels[0][2])
     fig, axes = plt.subplots(
-        len(configs),
+        len(panels),
         len(modes),
-        figsize=(3.0 * len(modes), 2.4 * len(configs)),
+        figsize=(3.0 * len(modes), 2.4 * len(panels)),
         squeeze=False,
     )
-    for row, config in enumerate(configs):
+    for row, (setting, config, results) in enumerate(panels):
         for col, mode in enumerate(modes):
             ax = axes[row][col]
-            rows = all_results[config][mode]
+            rows = results[mode]
             names = list(rows)
             ax.barh(
                 names,
@@ -259,14 +441,37 @@ def plot(all_results, path):
                     for n in names
                 ],
             )
-            ax.set_title(f"config {config}: {mode}", fontsize=9)
+            ax.set_title(
+                f"oneDNN {setting}, config {config}: {mode}", fontsize=8
+            )
             ax.tick_params(labelsize=7)
             ax.invert_yaxis()
-            if row == len(configs) - 1:
+            if row == len(panels) - 1:
                 ax.set_xlabel("median ms (lower is faster)", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def report(args, cpu, settings):
+    any_setting = next(iter(settings.values()))
+    flags = ", ".join(cpu["flags"]) or "none of " + ", ".join(CPU_FLAGS)
+    print(
+        f"\nCPU: {cpu['model_name']}, {cpu['cores']} cores; flags: {flags}."
+        f"\nTF {any_setting['tensorflow']}, Keras {any_setting['keras']}, "
+        f"float32, {args.rounds} interleaved rounds. 'anchor / ours' > 1: "
+        "ours is faster."
+    )
+    for setting, data in settings.items():
+        peak, peak_end = data["peak_gflops"]
+        print(
+            f"\n## {setting_title(setting)}\n\nMatmul peak (2048^2, graph): "
+            f"{peak:.1f} GF/s at start, {peak_end:.1f} at end."
+        )
+        for name, results in data["results"].items():
+            print_table(setting_title(setting), name, results, peak)
+    if len(settings) > 1:
+        print_summary(settings)
 
 
 def main(argv=None):
@@ -274,37 +479,46 @@ def main(argv=None):
     parser.add_argument(
         "--configs", nargs="+", default=["A", "B"], choices=sorted(CONFIGS)
     )
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--out", default="artifacts/benchmarks/speed")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-
-    all_results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        peak = matmul_peak()
-        for name in args.configs:
-            all_results[name] = measure(name, args.rounds, tmp)
-        peak_end = matmul_peak()
-    machine = platform.processor() or platform.machine()
-    print(
-        f"\n{machine}, {os.cpu_count()} cores, TF {tf.__version__}, Keras "
-        f"{keras.__version__}, float32, {args.rounds} interleaved rounds. "
-        f"Matmul peak (2048^2, graph): {peak:.1f} GF/s at start, "
-        f"{peak_end:.1f} at end. 'anchor / ours' > 1: ours is faster."
+    parser.add_argument(
+        "--modes", nargs="+", default=list(MODES), choices=list(MODES)
     )
-    for name, results in all_results.items():
-        print_table(name, results, peak)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--onednn",
+        choices=["off", "on", "both"],
+        default="both",
+        help="oneDNN setting(s), each in its own child process",
+    )
+    parser.add_argument(
+        "--no-torch", action="store_true", help="leave out torch"
+    )
+    parser.add_argument("--out", default="artifacts/benchmarks/speed")
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_out:
+        return run_child(args)
+
+    os.makedirs(args.out, exist_ok=True)
+    cpu = cpu_info()
+    names = ["off", "on"] if args.onednn == "both" else [args.onednn]
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = {name: run_setting(name, args, tmp) for name in names}
+    report(args, cpu, settings)
     with open(os.path.join(args.out, "encoder_speed.json"), "w") as f:
         json.dump(
             {
-                "peak_gflops": [peak, peak_end],
-                "configs": CONFIGS,
-                "results": all_results,
+                "cpu": cpu,
+                "rounds": args.rounds,
+                "configs": {name: CONFIGS[name] for name in args.configs},
+                "onednn": {
+                    name: {"env": f"{ONEDNN_ENV}={ONEDNN_VALUES[name]}", **d}
+                    for name, d in settings.items()
+                },
             },
             f,
             indent=2,
         )
-    plot(all_results, os.path.join(args.out, "encoder_speed.png"))
+    plot(settings, os.path.join(args.out, "encoder_speed.png"))
     print(f"\nwrote {args.out}/encoder_speed.json and encoder_speed.png")
     return 0
 

@@ -46,7 +46,17 @@ def materialized(
     scores = ops.einsum(
         "bqhd,bkhd->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32")
     )  # (B, H, S, S)
-    probs = ops.cast(_masking.masked_softmax(scores, mask.dense()), dtype)
+    if mask.padding is not None and mask.pairwise is None and not mask.causal:
+        # Padding only: keys and query rows apart, no (B, 1, S, S) mask.
+        pad = ops.expand_dims(mask.padding, 1)  # (B, 1, S)
+        probs = _masking.masked_softmax(
+            scores,
+            ops.expand_dims(pad, 2),  # (B, 1, 1, S) keys
+            rows=ops.expand_dims(pad, 3),  # (B, 1, S, 1) queries
+        )
+    else:
+        probs = _masking.masked_softmax(scores, mask.dense())
+    probs = ops.cast(probs, dtype)
     weights = probs if dropout is None else dropout(probs, training=training)
     context = ops.einsum("bhqk,bkhd->bqhd", weights, value)  # (B, S, H, Dv)
     return context, probs

@@ -175,6 +175,7 @@ class AttentionMask:
     Build it with `AttentionMask.for_call` after `check_call`.
 
     Attributes:
+        batch: the batch size B, a Python int or a scalar tensor.
         length: the sequence length S, a Python int or a scalar tensor.
         padding: (B, S) boolean mask, True for real tokens, or None.
         pairwise: (B, 1 or H, S, S) boolean mask, True where query i may
@@ -182,6 +183,7 @@ class AttentionMask:
         causal: bool, whether query i may only attend to keys j <= i.
     """
 
+    batch: object
     length: object
     padding: object = None
     pairwise: object = None
@@ -198,9 +200,15 @@ class AttentionMask:
             pairwise = _as_bool(attention_mask)
             if len(attention_mask.shape) == 3:
                 pairwise = ops.expand_dims(pairwise, 1)  # (B, 1, S, S)
+        padding = padding_mask(inputs, mask)
+        # (B, S) from the padding mask when there is one: stacked layers
+        # share it, so a graph (and a TFLite model) computes their shape
+        # once instead of once per layer.
+        shape = ops.shape(inputs if padding is None else padding)
         return cls(
-            length=ops.shape(inputs)[1],
-            padding=padding_mask(inputs, mask),
+            batch=shape[0],
+            length=shape[1],
+            padding=padding,
             pairwise=pairwise,
             causal=bool(use_causal_mask),
         )
@@ -250,10 +258,19 @@ def _and(a, b):
     return b if a is None else ops.logical_and(a, b)
 
 
-def masked_softmax(scores, mask=None):
+def masked_softmax(scores, mask=None, rows=None):
     """Softmax over the last axis in float32, exactly 0 where masked.
 
     Rows with no attendable key come out all zero, not uniform and not NaN.
+
+    Args:
+        scores: (..., S_q, S_k) scores.
+        mask: boolean mask broadcastable to `scores`, True = may attend,
+            or None.
+        rows: optional boolean (..., S_q, 1) mask of the query rows that
+            may attend to anything, when `mask` holds only the keys' side
+            (a padding-only mask: (B, 1, 1, S) keys, (B, 1, S, 1) rows).
+            Defaults to `mask` itself.
     """
     scores = ops.cast(scores, "float32")
     if scores.shape[-1] == 1:
@@ -262,6 +279,10 @@ def masked_softmax(scores, mask=None):
     elif mask is None:
         return ops.softmax(scores, axis=-1)
     else:
+        # exp(fill - max) <= exp(-128) is exactly 0 in float32: masked keys
+        # get no weight in any row that has a real key.
         fill = ops.min(scores, axis=-1, keepdims=True) - _FILL_MARGIN
         probs = ops.softmax(ops.where(mask, scores, fill), axis=-1)
-    return probs if mask is None else ops.where(mask, probs, 0.0)
+    if mask is None:
+        return probs
+    return ops.where(mask if rows is None else rows, probs, 0.0)

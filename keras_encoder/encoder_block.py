@@ -1,4 +1,5 @@
 import keras
+from keras import ops
 
 from keras_encoder import _checks
 from keras_encoder import _layers
@@ -179,11 +180,12 @@ class EncoderBlock(keras.layers.Layer):
             name="feedforward_intermediate_dense",
             **common,
         )
-        self.intermediate_dense.build(input_shape)
+        # The feed-forward network acts on flattened (B * S, D) rows.
+        self.intermediate_dense.build((None, width))
         self.output_dense = _layers.dense(
             width, name="feedforward_output_dense", **common
         )
-        self.output_dense.build((*input_shape[:-1], self.intermediate_dim))
+        self.output_dense.build((None, self.intermediate_dim))
         self.feedforward_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon,
             dtype=dtype,
@@ -205,24 +207,23 @@ class EncoderBlock(keras.layers.Layer):
         training=None,
     ):
         _masking.check_call(inputs, self.num_heads, mask, attention_mask)
-        # The merged padding mask is passed explicitly: normalising the
-        # inputs first would drop the implicit Keras mask.
-        mask = _masking.padding_mask(inputs, mask)
-
-        x = inputs
+        masks = _masking.AttentionMask.for_call(
+            inputs, mask, attention_mask, use_causal_mask
+        )
+        width = inputs.shape[-1]
+        batch, length = masks.batch, masks.length
+        # The whole block runs on 2-D rows: every projection is one MatMul.
+        x = ops.reshape(inputs, (-1, width))  # (B * S, D)
         residual = x
         if self.norm_first:
             x = self.attention_layer_norm(x)
-        x = self.attention(
+        x, scores = self.attention._attend_rows(
             x,
-            mask=mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-            return_attention_scores=return_attention_scores,
+            (batch, length),
+            masks,
             training=training,
+            return_attention_scores=return_attention_scores,
         )
-        if return_attention_scores:
-            x, scores = x
         x = residual + self.attention_output_dropout(x, training=training)
         if not self.norm_first:
             x = self.attention_layer_norm(x)
@@ -234,6 +235,7 @@ class EncoderBlock(keras.layers.Layer):
         x = residual + self.feedforward_output_dropout(x, training=training)
         if not self.norm_first:
             x = self.feedforward_layer_norm(x)
+        x = ops.reshape(x, (batch, length, width))  # (B, S, D)
 
         if return_attention_scores:
             return x, scores

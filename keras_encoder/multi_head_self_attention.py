@@ -152,16 +152,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
 
         heads = self.num_heads
+        # The projections act on flattened (B * S, D) rows.
         self.query_dense = dense(heads * self._head_key_dim, "query")
-        self.query_dense.build(input_shape)
+        self.query_dense.build((None, width))
         self.key_dense = dense(heads * self._head_key_dim, "key")
-        self.key_dense.build(input_shape)
+        self.key_dense.build((None, width))
         self.value_dense = dense(heads * self._head_value_dim, "value")
-        self.value_dense.build(input_shape)
+        self.value_dense.build((None, width))
         self.output_dense = dense(width, "attention_output")
-        self.output_dense.build(
-            (*input_shape[:-1], heads * self._head_value_dim)
-        )
+        self.output_dense.build((None, heads * self._head_value_dim))
         self.dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="attention_dropout"
         )
@@ -180,33 +179,56 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         masks = _masking.AttentionMask.for_call(
             inputs, mask, attention_mask, use_causal_mask
         )
-        batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
-        heads = self.num_heads
-        query = ops.reshape(
-            self.query_dense(inputs), (batch, length, heads, self._head_key_dim)
-        )  # (B, S, H, Dk)
-        key = ops.reshape(
-            self.key_dense(inputs), (batch, length, heads, self._head_key_dim)
-        )
-        value = ops.reshape(
-            self.value_dense(inputs),
-            (batch, length, heads, self._head_value_dim),
-        )
-        context, scores = self._compute_attention(
-            query,
-            key,
-            value,
+        width = inputs.shape[-1]
+        batch, length = masks.batch, masks.length
+        rows = ops.reshape(inputs, (-1, width))  # (B * S, D)
+        outputs, scores = self._attend_rows(
+            rows,
+            (batch, length),
             masks,
             training=training,
             return_attention_scores=return_attention_scores,
         )
-        context = ops.reshape(
-            context, (batch, length, heads * self._head_value_dim)
-        )
-        outputs = self.output_dense(context)
+        outputs = ops.reshape(outputs, (batch, length, width))  # (B, S, D)
         if return_attention_scores:
             return outputs, scores
         return outputs
+
+    def _attend_rows(
+        self,
+        rows,
+        batch_and_length,
+        attention_mask,
+        training=None,
+        return_attention_scores=False,
+    ):
+        """Self-attention on flattened rows: (B * S, D) -> (B * S, D).
+
+        Every projection is then one 2-D MatMul. `EncoderBlock` calls this
+        directly, so that its whole block stays on rows. `batch_and_length`
+        is (B, S), needed to unflatten (a -1 cannot stand for B when S is
+        0). Returns `(outputs, scores)` as `_compute_attention` does.
+        """
+        batch, length = batch_and_length
+        heads = self.num_heads
+        key_dim, value_dim = self._head_key_dim, self._head_value_dim
+        query = ops.reshape(
+            self.query_dense(rows), (batch, length, heads, key_dim)
+        )  # (B, S, H, Dk)
+        key = ops.reshape(self.key_dense(rows), (batch, length, heads, key_dim))
+        value = ops.reshape(
+            self.value_dense(rows), (batch, length, heads, value_dim)
+        )  # (B, S, H, Dv)
+        context, scores = self._compute_attention(
+            query,
+            key,
+            value,
+            attention_mask,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
+        context = ops.reshape(context, (-1, heads * value_dim))  # (B*S, H*Dv)
+        return self.output_dense(context), scores
 
     def _compute_attention(
         self,
