@@ -23,6 +23,7 @@ that lowers to a Flex StridedSlice in TFLite; `ops.expand_dims` does not.
 
 import dataclasses
 
+import numpy as np
 from keras import backend
 from keras import ops
 
@@ -34,13 +35,16 @@ except ImportError:  # pragma: no cover - older or reorganised Keras.
         return getattr(x, "_keras_mask", None)
 
 
-# Masked scores are replaced by the row's smallest score minus this margin.
-# exp(-128) underflows to exactly 0 in float32, so masked keys get exactly
-# zero weight (and zero gradient) before the final `where`, and padded
-# content cannot reach real positions even through the row minimum. The
-# fill stays within 128 of the real scores, so int8 calibration keeps their
-# resolution; a constant like -1e9 would stretch the range until every real
-# score quantizes to one level (uniform attention).
+# Masked scores are replaced by a fill below the row's smallest score:
+# `min + min(min, 0) - 128`, at least 128 below every score of the row. So
+# exp(fill - max) <= exp(-128) underflows to exactly 0 in float32: masked
+# keys get exactly zero weight (and zero gradient) before the final `where`,
+# for real scores of any magnitude (doubling a negative minimum moves it by
+# far more than its rounding, where `min - 128` alone rounds back to `min`
+# beyond about 2^33). The fill stays within 128 (plus the row's own spread)
+# of the real scores, so int8 calibration keeps their resolution; a
+# constant like -1e9 would stretch the range until every real score
+# quantizes to one level (uniform attention).
 _FILL_MARGIN = 128.0
 
 
@@ -51,6 +55,14 @@ def _dtype_name(x):
 
 def _as_bool(mask):
     return mask if _dtype_name(mask) == "bool" else ops.cast(mask, "bool")
+
+
+def as_mask(mask):
+    """`mask` as a tensor: Python lists and NumPy arrays are accepted, as
+    Keras's own layers accept them. None stays None."""
+    if mask is None or hasattr(mask, "shape"):
+        return mask
+    return ops.convert_to_tensor(np.asarray(mask))
 
 
 def _check_mask_dtype(name, mask):
@@ -99,7 +111,7 @@ def check_inputs(inputs):
 def _padding_sources(inputs, mask):
     """The distinct (B, S) padding masks: explicit, then implicit."""
     sources = []
-    for m in (mask, _get_keras_mask(inputs)):
+    for m in (as_mask(mask), _get_keras_mask(inputs)):
         if m is not None and not any(m is seen for seen in sources):
             sources.append(m)
     return sources
@@ -123,6 +135,7 @@ def check_call(inputs, num_heads, mask=None, attention_mask=None):
     check_inputs(inputs)
     check_padding_masks(inputs, mask)
     batch, length = inputs.shape[0], inputs.shape[1]
+    attention_mask = as_mask(attention_mask)
     if attention_mask is None:
         return
     rank = len(attention_mask.shape)
@@ -151,6 +164,18 @@ def padding_mask(inputs, mask=None):
         m = _as_bool(m)
         merged = m if merged is None else ops.logical_and(merged, m)
     return merged
+
+
+def zero_padded(inputs, padding):
+    """`inputs` with padded positions set to exactly 0.
+
+    Whatever sits in a padded slot (any magnitude, inf, NaN, or a float16
+    overflow) then cannot reach a real position, not even as 0 * inf, and
+    gets exactly zero gradient. `padding` is (B, S) boolean or None.
+    """
+    if padding is None:
+        return inputs
+    return ops.where(ops.expand_dims(padding, -1), inputs, 0.0)
 
 
 def causal_mask(length):
@@ -196,6 +221,7 @@ class AttentionMask:
         """Collect a layer call's masks: implicit, `mask`, `attention_mask`
         and `use_causal_mask`."""
         pairwise = None
+        attention_mask = as_mask(attention_mask)
         if attention_mask is not None:
             pairwise = _as_bool(attention_mask)
             if len(attention_mask.shape) == 3:
@@ -273,6 +299,8 @@ def masked_softmax(scores, mask=None, rows=None):
             Defaults to `mask` itself.
     """
     scores = ops.cast(scores, "float32")
+    if scores.shape[-1] == 0:
+        return scores  # Zero-length sequences: nothing to normalise.
     if scores.shape[-1] == 1:
         # A single key gets all the weight (Keras warns on a size-1 softmax).
         probs = ops.ones_like(scores)
@@ -281,7 +309,8 @@ def masked_softmax(scores, mask=None, rows=None):
     else:
         # exp(fill - max) <= exp(-128) is exactly 0 in float32: masked keys
         # get no weight in any row that has a real key.
-        fill = ops.min(scores, axis=-1, keepdims=True) - _FILL_MARGIN
+        low = ops.min(scores, axis=-1, keepdims=True)
+        fill = low + ops.minimum(low, 0.0) - _FILL_MARGIN
         probs = ops.softmax(ops.where(mask, scores, fill), axis=-1)
     if mask is None:
         return probs

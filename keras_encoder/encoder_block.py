@@ -195,6 +195,7 @@ class EncoderBlock(keras.layers.Layer):
         self.feedforward_output_dropout = keras.layers.Dropout(
             self.dropout, dtype=dtype, name="feedforward_dropout"
         )
+        self.input_spec = keras.InputSpec(axes={-1: width})
         self.built = True
 
     def call(
@@ -212,6 +213,7 @@ class EncoderBlock(keras.layers.Layer):
         )
         width = inputs.shape[-1]
         batch, length = masks.batch, masks.length
+        inputs = _masking.zero_padded(inputs, masks.padding)
         # The whole block runs on 2-D rows: every projection is one MatMul.
         x = ops.reshape(inputs, (-1, width))  # (B * S, D)
         residual = x

@@ -164,6 +164,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="attention_dropout"
         )
+        self.input_spec = keras.InputSpec(axes={-1: width})
         self.built = True
 
     def call(
@@ -181,6 +182,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         )
         width = inputs.shape[-1]
         batch, length = masks.batch, masks.length
+        inputs = _masking.zero_padded(inputs, masks.padding)
         rows = ops.reshape(inputs, (-1, width))  # (B * S, D)
         outputs, scores = self._attend_rows(
             rows,

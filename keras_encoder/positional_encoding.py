@@ -113,12 +113,21 @@ class PositionalEncoding(keras.layers.Layer):
                 ),
                 trainable=True,
             )
+        self.input_spec = keras.InputSpec(axes={-1: input_shape[-1]})
         self.built = True
 
-    def call(self, inputs):
+    def call(self, inputs, mask=None):
         _masking.check_inputs(inputs)
         self._check_length(inputs.shape[1])
-        length, width = ops.shape(inputs)[1], inputs.shape[-1]
+        # S from the padding mask when there is one: the blocks after this
+        # layer read it there too, so a graph computes it once.
+        _masking.check_padding_masks(inputs, mask)
+        source = _masking.as_mask(mask)
+        if source is None:
+            source = _masking._get_keras_mask(inputs)
+        if source is None:
+            source = inputs
+        length, width = ops.shape(source)[1], inputs.shape[-1]
         table = ops.convert_to_tensor(
             self.position_embeddings
             if self.mode == "learned"
@@ -134,7 +143,7 @@ class PositionalEncoding(keras.layers.Layer):
         self._check_length(input_shape[1])
         return tuple(input_shape)
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, mask=None):
         _masking.check_inputs(inputs)
         return keras.KerasTensor(
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype

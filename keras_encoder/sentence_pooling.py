@@ -12,9 +12,11 @@ class SentencePooling(keras.layers.Layer):
     """Sentence embedding from token states, as sentence-transformers does.
 
     `"mean"`: the mean over real tokens (`mask` True), 0 for a sequence
-    with none. `"cls"`: the first token's state. Then, with `normalize`,
-    L2 normalisation (`x / max(|x|, 1e-12)`). Computed in float32, also
-    under mixed precision.
+    with none. `"cls"`: the state at position 0, 0 where position 0 is
+    padded (a sequence with no real token). Then, with `normalize`, L2
+    normalisation (`x / max(|x|, 1e-12)`). Computed in float32, also under
+    mixed precision. Padded states never reach the result, whatever they
+    hold (inf and NaN included), and a zero-length sequence gives 0.
 
     Args:
         pooling: `"mean"` or `"cls"`. Defaults to `"mean"`.
@@ -43,20 +45,30 @@ class SentencePooling(keras.layers.Layer):
         _masking.check_padding_masks(inputs, mask)
         # In float32 under mixed precision too: 1e-12 is 0 in float16.
         states = ops.cast(inputs, "float32")
+        real = _masking.padding_mask(inputs, mask)  # (B, S) or None
         if self.pooling == "cls":
-            pooled = ops.take(states, 0, axis=1)
+            # A sum over positions, not a gather: also 0 for zero length.
+            keep = ops.equal(ops.arange(ops.shape(inputs)[1]), 0)  # (S,)
+            keep = ops.expand_dims(keep, 0)  # (1, S)
+            if real is not None:
+                keep = ops.logical_and(keep, real)
+            pooled = ops.sum(
+                ops.where(ops.expand_dims(keep, -1), states, 0.0), axis=1
+            )
         else:
-            real = _masking.padding_mask(inputs, mask)
             if real is None:
-                pooled = ops.mean(states, axis=1)
+                total = ops.sum(states, axis=1)
+                count = ops.cast(ops.shape(inputs)[1], "float32")
             else:
-                weights = ops.expand_dims(ops.cast(real, "float32"), -1)
-                total = ops.sum(states * weights, axis=1)
-                # The count is a whole number: max(count, 1) equals
-                # sentence-transformers' clamp(min=1e-9) except where no
-                # token is real, and gives 0 there, not 0 / 0.
-                count = ops.maximum(ops.sum(weights, axis=1), 1.0)
-                pooled = total / count
+                weights = ops.expand_dims(real, -1)  # (B, S, 1)
+                # `where`, not a product: 0 * inf would be NaN.
+                total = ops.sum(ops.where(weights, states, 0.0), axis=1)
+                count = ops.sum(ops.cast(weights, "float32"), axis=1)
+            # The count is a whole number: max(count, 1) equals
+            # sentence-transformers' clamp(min=1e-9) except where no
+            # token is real, and gives 0 there (and for zero length), not
+            # 0 / 0.
+            pooled = total / ops.maximum(count, 1.0)
         if self.normalize:
             norm = ops.sqrt(ops.sum(ops.square(pooled), axis=-1, keepdims=True))
             pooled = pooled / ops.maximum(norm, 1e-12)

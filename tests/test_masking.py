@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
+from keras_encoder import SentencePooling
 from keras_encoder._masking import masked_softmax
 from tests import numpy_reference as ref
 from tests.helpers import attention_weights
@@ -119,7 +120,13 @@ def encoder_cases(draw):
         "lengths": lengths,
         "causal": draw(st.booleans()),
         "norm_first": draw(st.booleans()),
-        "scale": draw(st.sampled_from([1e-3, 1.0, 30.0, 1e3])),
+        "scale": draw(st.sampled_from([1e-3, 1.0, 30.0, 1e3, 1e6, 1e12])),
+        # What padded slots hold: anything at all.
+        "pad": draw(
+            st.sampled_from(
+                ["noise", 1e30, -1e30, 3e38, np.inf, -np.inf, np.nan]
+            )
+        ),
         "seed": draw(st.integers(0, 2**16)),
         # None: the fused path on JAX and torch, materialised on TensorFlow.
         "flash_attention": draw(st.sampled_from([None, False])),
@@ -143,20 +150,23 @@ def test_no_padding_leak_and_finite_gradients(case):
     randomize_weights(block, case["seed"])
     kwargs = {"mask": mask, "use_causal_mask": case["causal"]}
 
-    out, grads = _value_and_gradients(block, x, **kwargs)
+    # Padded slots hold any value; real outputs must not change, bit for
+    # bit, from those of all-zero padding, and nothing is NaN or inf
+    # (padded outputs included: padded inputs are zeroed on entry).
+    if case["pad"] == "noise":
+        pad = rng.normal(size=shape).astype("float32") * 1e3
+    else:
+        pad = np.full(shape, case["pad"], "float32")
+    clean = np.where(mask[..., None], x, 0.0).astype("float32")
+    dirty = np.where(mask[..., None], x, pad).astype("float32")
+    out, grads = _value_and_gradients(block, dirty, **kwargs)
     assert _all_finite(out, *grads)
     # Real outputs get no gradient from padded inputs.
-    _, grads = _value_and_gradients(block, x, loss_mask=mask, **kwargs)
+    _, grads = _value_and_gradients(block, dirty, loss_mask=mask, **kwargs)
     assert _all_finite(*grads)
     assert (to_numpy(grads[0])[~mask] == 0).all()
-
-    # Change only the padded content: real positions are unchanged.
-    noisy = np.where(
-        mask[..., None], x, rng.normal(size=shape).astype("float32") * 1e3
-    )
-    # Masked keys get exactly zero weight, so this holds bit for bit.
     np.testing.assert_array_equal(
-        to_numpy(block(noisy, **kwargs))[mask], to_numpy(out)[mask]
+        to_numpy(block(clean, **kwargs))[mask], to_numpy(out)[mask]
     )
 
 
@@ -406,3 +416,132 @@ def test_masked_softmax_equals_the_naive_fill_in_float32():
     np.testing.assert_allclose(probs, naive, atol=1e-7)
     assert (probs[~np.broadcast_to(mask, probs.shape)] == 0).all()
     assert (probs[0, :, 2] == 0).all()
+
+
+@pytest.mark.parametrize("flash_attention", [None, False])
+@pytest.mark.parametrize(
+    "policy", ["float32", "mixed_float16", "mixed_bfloat16"]
+)
+@pytest.mark.parametrize("pad", [1e5, 3e38, np.inf, -np.inf, np.nan])
+def test_any_padded_content_in_any_precision(pad, policy, flash_attention):
+    """Padded slots holding values that overflow the compute dtype (1e5 in
+    float16), inf or NaN change no real output and give no NaN anywhere."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 6, 8)).astype("float32")
+    mask = padding_mask([6, 2, 0], 6)
+    block = EncoderBlock(2, 16, flash_attention=flash_attention, dtype=policy)
+    pooling = SentencePooling(dtype=policy)
+    clean = np.where(mask[..., None], x, 0.0).astype("float32")
+    dirty = np.where(mask[..., None], x, np.float32(pad)).astype("float32")
+    out_clean = block(clean, mask=mask)
+    out_dirty = block(dirty, mask=mask)
+    assert _all_finite(out_dirty, pooling(out_dirty, mask=mask))
+    np.testing.assert_array_equal(
+        to_numpy(keras.ops.cast(out_dirty, "float32"))[mask],
+        to_numpy(keras.ops.cast(out_clean, "float32"))[mask],
+    )
+    np.testing.assert_array_equal(
+        to_numpy(pooling(out_dirty, mask=mask)),
+        to_numpy(pooling(out_clean, mask=mask)),
+    )
+
+
+@pytest.mark.parametrize("magnitude", [1e10, 1e20, 1e30, 1e38])
+def test_masked_softmax_at_any_real_score_magnitude(magnitude):
+    """Masked keys get exactly zero weight and each real row sums to 1,
+    however large the real scores (`min - 128` alone rounds back to the
+    minimum beyond about 2^33)."""
+    scores = np.array(
+        [
+            [-magnitude, 0.0, 5.0],  # one real key, hugely negative
+            [magnitude, -magnitude, 0.0],
+            [-magnitude, -magnitude, 1.0],  # two equal real keys
+            [magnitude, magnitude, magnitude],  # nothing real
+        ],
+        "float32",
+    )
+    mask = np.array([[1, 0, 0], [1, 1, 0], [1, 1, 0], [0, 0, 0]], bool)
+    probs = to_numpy(masked_softmax(scores, mask))
+    assert np.isfinite(probs).all()
+    assert (probs[~mask] == 0).all()
+    np.testing.assert_allclose(probs[:3].sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs[0, 0], 1.0)
+    np.testing.assert_allclose(probs[2, :2], 0.5)
+
+
+MASK_FORMS = {
+    "list of bools": lambda m: m.tolist(),
+    "list of ints": lambda m: m.astype(int).tolist(),
+    "uint8 array": lambda m: m.astype("uint8"),
+    "int64 array": lambda m: m.astype("int64"),
+}
+
+
+@pytest.mark.parametrize("form", MASK_FORMS)
+@pytest.mark.parametrize(
+    "make", [lambda: MultiHeadSelfAttention(2), lambda: EncoderBlock(2, 8)]
+)
+def test_masks_as_lists_and_arrays_of_any_integer_dtype(make, form):
+    x = np.random.default_rng(0).normal(size=(2, 4, 8)).astype("float32")
+    mask = padding_mask([3, 1], 4)
+    am = np.random.default_rng(1).random((2, 4, 4)) > 0.3
+    layer = make()
+    expected = to_numpy(layer(x, mask=mask, attention_mask=am))
+    got = layer(
+        x,
+        mask=MASK_FORMS[form](mask),
+        attention_mask=MASK_FORMS[form](am),
+    )
+    np.testing.assert_array_equal(to_numpy(got), expected)
+    pooled = SentencePooling()(x, mask=MASK_FORMS[form](mask))
+    np.testing.assert_array_equal(
+        to_numpy(pooled), to_numpy(SentencePooling()(x, mask=mask))
+    )
+
+
+@pytest.mark.parametrize(
+    "make,name",
+    [
+        (lambda: MultiHeadSelfAttention(2, name="attn"), "attn"),
+        (lambda: EncoderBlock(2, 8, name="blk"), "blk"),
+        (lambda: PositionalEncoding(8, name="pos"), "pos"),
+    ],
+)
+def test_width_other_than_built_is_a_clear_error(make, name):
+    layer = make()
+    layer(np.zeros((1, 3, 16), "float32"))
+    message = (
+        rf"layer '{name}' is incompatible with the layer: expected axis -1 "
+        r"of input shape to have value 16, but received input with shape "
+        r"\(1, 3, 8\)"
+    )
+    for width in (8,):
+        with pytest.raises(ValueError, match=message):
+            layer(np.zeros((1, 3, width), "float32"))
+    with pytest.raises(ValueError, match=r"expected axis -1 .* value 16"):
+        layer(np.zeros((1, 3, 32), "float32"))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MultiHeadSelfAttention(2),
+        lambda: EncoderBlock(2, 8),
+        lambda: EncoderBlock(2, 8, norm_first=True),
+        lambda: PositionalEncoding(4),
+        lambda: SentencePooling(),
+        lambda: SentencePooling("cls"),
+    ],
+)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_zero_length_sequences_give_finite_outputs(make, with_mask):
+    x = np.zeros((2, 0, 8), "float32")
+    kwargs = {"mask": np.zeros((2, 0), bool)} if with_mask else {}
+    layer = make()
+    if isinstance(layer, PositionalEncoding):
+        kwargs = {}
+    out = to_numpy(layer(x, **kwargs))
+    assert out.shape in ((2, 0, 8), (2, 8))
+    assert np.isfinite(out).all()
+    if out.shape == (2, 8):
+        assert (out == 0).all()
