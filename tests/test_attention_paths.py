@@ -259,3 +259,43 @@ def test_flash_attention_true_on_tensorflow_is_a_clear_error():
         r"Received: flash_attention=True",
     ):
         layer(_inputs())
+
+
+class _LocalAttention(MultiHeadSelfAttention):
+    """A sliding window of +-1 plugged in at the seam, as a user would."""
+
+    def _compute_attention(self, query, key, value, attention_mask, **kwargs):
+        positions = keras.ops.arange(keras.ops.shape(query)[1])
+        distance = keras.ops.abs(
+            keras.ops.expand_dims(positions, 1)
+            - keras.ops.expand_dims(positions, 0)
+        )
+        window = keras.ops.reshape(
+            keras.ops.less_equal(distance, 1), (1, 1, S, S)
+        )
+        return super()._compute_attention(
+            query, key, value, attention_mask.with_pairwise(window), **kwargs
+        )
+
+
+@pytest.mark.parametrize("flash_attention", [None, False])
+def test_seam_takes_a_subclass_restriction(flash_attention):
+    """A subclass that restricts attention at `_compute_attention` equals the
+    base layer given the same restriction as an explicit attention_mask."""
+    x = _inputs(10)
+    mask = padding_mask([7, 4, 0], S)
+    local = _LocalAttention(H, flash_attention=flash_attention)
+    local.build(x.shape)
+    randomize_weights(local, 12)
+    base = MultiHeadSelfAttention(H, flash_attention=flash_attention)
+    base.build(x.shape)
+    base.set_weights(local.get_weights())
+    band = np.abs(np.arange(S)[:, None] - np.arange(S)[None, :]) <= 1
+    band = np.broadcast_to(band, (B, S, S))
+    np.testing.assert_allclose(
+        to_numpy(local(x, mask=mask)),
+        to_numpy(base(x, mask=mask, attention_mask=band)),
+        atol=1e-6,
+    )
+    _, scores = local(x, mask=mask, return_attention_scores=True)
+    assert (to_numpy(scores)[:, :, ~band[0]] == 0).all()
