@@ -19,8 +19,14 @@ Quantization modes:
 `verify` runs an artifact and the Keras model on the same inputs and
 reports their agreement at real (unmasked) positions.
 
-Files are written to a temporary name beside the target and renamed into
-place, so a failure never leaves a half-written artifact.
+Destinations are checked before any work. An existing artifact of the same
+kind is replaced (a SavedModel directory: `saved_model.pb` and nothing else
+than what a SavedModel holds; a `.tflite` file: a TFLite flatbuffer), as
+is an empty directory or file; anything else is refused with a
+`FileExistsError`, so an export never deletes what it did not write.
+Artifacts are written under a temporary name beside the target and renamed
+into place, so a failure (or Ctrl-C) never leaves a half-written artifact
+or a temporary file behind.
 """
 
 import collections
@@ -35,6 +41,7 @@ import keras
 import numpy as np
 
 from keras_encoder import _masking
+from keras_encoder.positional_encoding import PositionalEncoding
 
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
 
@@ -78,24 +85,189 @@ def _tf():
     return tf
 
 
-def _replace(tmp, path):
-    """Move `tmp` to `path`, replacing a file or directory there."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        old = tempfile.mkdtemp(dir=os.path.dirname(path) or ".")
-        os.rename(path, os.path.join(old, "old"))
-        os.rename(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+# What `model.export(..., format="tf_saved_model")` and `tf.saved_model.save`
+# write at the top of a SavedModel directory, and in its variables/.
+_SAVED_MODEL_ENTRIES = {
+    "saved_model.pb",
+    "saved_model.pbtxt",
+    "fingerprint.pb",
+    "keras_metadata.pb",
+    "variables",
+    "assets",
+    "assets.extra",
+}
+_VARIABLES_FILE = re.compile(r"variables\.(index|data-\d+-of-\d+)$")
+_KINDS = {"saved_model": "a SavedModel", "tflite": "a TFLite model"}
 
 
-def _parent(path):
-    parent = os.path.dirname(os.path.abspath(path))
+def _is_saved_model(path):
+    """Whether directory `path` holds a SavedModel and nothing foreign."""
+    names = set(os.listdir(path))
+    if not names & {"saved_model.pb", "saved_model.pbtxt"}:
+        return False
+    if names - _SAVED_MODEL_ENTRIES:
+        return False
+    variables = os.path.join(path, "variables")
+    if "variables" in names:
+        if not os.path.isdir(variables):
+            return False
+        if not all(_VARIABLES_FILE.match(n) for n in os.listdir(variables)):
+            return False
+    return True
+
+
+def _is_tflite(path):
+    """Whether file `path` is a TFLite flatbuffer (file identifier TFL3)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return len(head) == 8 and head[4:] == b"TFL3"
+
+
+def _listing(path, limit=3):
+    names = sorted(os.listdir(path))
+    shown = ", ".join(names[:limit])
+    return shown + (
+        f", ... ({len(names)} entries)" if len(names) > limit else ""
+    )
+
+
+def _destination_problem(path, kind):
+    """Why `path` cannot receive an artifact of `kind`: (error class,
+    reason), or None when it can (absent, empty, or the same kind)."""
+    try:
+        return _inspect_destination(os.fspath(path), kind)
+    except OSError as error:
+        return type(error), f"cannot be inspected ({error.strerror})"
+
+
+def _inspect_destination(path, kind):
+    what = _KINDS[kind]
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    if kind == "tflite" and path.endswith((os.sep, "/")):
+        return ValueError, f"{what} is a file, not a directory path"
+    if target == parent:
+        return ValueError, "the root directory cannot be replaced"
     if not os.path.isdir(parent):
-        raise FileNotFoundError(
-            f"Cannot write {path!r}: directory {parent!r} does not exist"
+        return FileNotFoundError, f"directory {parent!r} does not exist"
+    if os.path.islink(target):
+        return FileExistsError, (
+            "is a symbolic link; refusing to replace it (give the path it "
+            "points to, or another path)"
         )
-    return parent
+    if not os.path.exists(target):
+        return None
+    cwd = os.path.realpath(os.getcwd())
+    if kind == "saved_model" and os.path.isdir(target):
+        if os.path.commonpath([cwd, os.path.realpath(target)]) == (
+            os.path.realpath(target)
+        ):
+            return FileExistsError, "contains the current directory"
+        if not os.listdir(target) or _is_saved_model(target):
+            return None
+        return FileExistsError, (
+            f"exists and is not a SavedModel (it holds {_listing(target)}); "
+            "refusing to replace it: remove it or choose another path"
+        )
+    if kind == "tflite" and os.path.isfile(target):
+        if os.path.getsize(target) == 0 or _is_tflite(target):
+            return None
+        return FileExistsError, (
+            "exists and is not a TFLite model; refusing to replace it: "
+            "remove it or choose another path"
+        )
+    found = "a directory" if os.path.isdir(target) else "a file"
+    return FileExistsError, (
+        f"is {found}, where {what} goes; refusing to replace it"
+    )
+
+
+def check_destination(path: str | os.PathLike, kind: str) -> str:
+    """Check that an artifact of `kind` may be written at `path`.
+
+    An absent path, an empty file or directory, or an artifact of the same
+    kind may be (and is then replaced); anything else may not.
+
+    Args:
+        path: where the artifact goes.
+        kind: `"saved_model"` (a directory) or `"tflite"` (a file).
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        FileExistsError: something else is there.
+        FileNotFoundError: the parent directory does not exist.
+        ValueError: `path` cannot name such an artifact (a `.tflite` path
+            ending in a separator).
+    """
+    if kind not in _KINDS:
+        raise ValueError(
+            "Received an invalid value for argument `kind`: expected one of "
+            f"{sorted(_KINDS)}. Received: kind={kind!r}"
+        )
+    problem = _destination_problem(path, kind)
+    if problem:
+        error, reason = problem
+        raise error(
+            f"Cannot write {_KINDS[kind]} to {os.fspath(path)!r}: {reason}"
+        )
+    return os.path.abspath(path)
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _install(staged, path, kind):
+    """Move the staged artifact `staged` to `path`, replacing what
+    `check_destination` allows there (checked again now)."""
+    target = check_destination(path, kind)
+    if kind == "tflite" or not os.path.exists(target):
+        os.replace(staged, target)
+        return
+    # A directory cannot be replaced in one rename: move the old one aside,
+    # put the new one in place (or the old one back), then delete the old.
+    parent, name = os.path.split(target)
+    aside = tempfile.mkdtemp(prefix=f".{name}.old.", dir=parent)
+    try:
+        old = os.path.join(aside, name)
+        os.rename(target, old)
+        try:
+            os.rename(staged, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _stage_saved_model(model, target):
+    """Export to a temporary directory beside `target`; returns its path."""
+    parent, name = os.path.split(target)
+    staged = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    try:
+        model.export(staged, format="tf_saved_model", verbose=False)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return staged
+
+
+def _stage_bytes(data, target):
+    """Write `data` to a temporary file beside `target`; returns its path."""
+    parent, name = os.path.split(target)
+    fd, staged = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        os.remove(staged)
+        raise
+    return staged
 
 
 def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
@@ -103,22 +275,21 @@ def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
 
     Args:
         model: a built `keras.Model`.
-        path: directory to write; replaced if it exists.
+        path: directory to write. An existing SavedModel (or empty
+            directory) there is replaced; anything else is refused before
+            any work (see `check_destination`).
 
     Returns:
         `path`.
     """
     _check_model(model)
     path = os.fspath(path)
-    tmp = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(path)}.", dir=_parent(path)
-    )
+    target = check_destination(path, "saved_model")
+    staged = _stage_saved_model(model, target)
     try:
-        model.export(tmp, format="tf_saved_model", verbose=False)
-        _replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _install(staged, target, "saved_model")
+    finally:
+        _remove(staged)
     return path
 
 
@@ -159,26 +330,202 @@ def _named_inputs(model, inputs):
     return {n: np.asarray(x) for n, x in zip(names, inputs, strict=True)}
 
 
-def _representative_dataset(model, representative_data):
-    dtypes = {n: t.dtype for n, t in model_inputs(model).items()}
-    names = list(dtypes)
+def _vocabularies(model):
+    """{input name: (Embedding name, input_dim)} for the inputs that feed
+    an Embedding directly."""
+    by_tensor = {id(t): name for name, t in model_inputs(model).items()}
+    sizes = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Embedding):
+            continue
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                if id(tensor) in by_tensor:
+                    sizes[by_tensor[id(tensor)]] = (layer.name, layer.input_dim)
+    return sizes
 
-    def generate():
-        count = 0
-        for batch in representative_data:
+
+def max_length(model: keras.Model) -> int | None:
+    """The longest sequence `model` accepts: the smallest `max_length` of
+    its `PositionalEncoding` layers, or None without one."""
+    limits = [
+        layer.max_length
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, PositionalEncoding)
+    ]
+    return min(limits) if limits else None
+
+
+def _layout(rank):
+    axes = ["batch", "sequence", "features"][:rank]
+    axes += ["..."] * (rank - len(axes))
+    return "(" + ", ".join(axes) + ")"
+
+
+def _check_calibration(model, named, prefix, batch_hint=""):
+    """Check one calibration batch, {input name: array}; returns it cast to
+    the input dtypes. Errors start with `prefix`."""
+    specs = model_inputs(model)
+    vocabularies = _vocabularies(model)
+    longest = max_length(model)
+    checked = {}
+    for name, array in named.items():
+        spec = specs[name]
+        dtype = keras.backend.standardize_dtype(spec.dtype)
+        kind = np.dtype(dtype).kind
+        if kind in "iu":
+            allowed, expected = "iub", "integer"
+        elif kind == "b":
+            allowed, expected = "iub", "boolean or integer"
+        else:
+            allowed, expected = "iuf", "numeric"
+        if array.dtype.kind not in allowed:
+            raise TypeError(
+                f"{prefix}: expected {expected} values for input {name!r} "
+                f"({dtype}); floats are not cast to ids silently. Received: "
+                f"dtype={array.dtype}"
+                if kind in "iu" and array.dtype.kind == "f"
+                else f"{prefix}: expected {expected} values for input "
+                f"{name!r} ({dtype}). Received: dtype={array.dtype}"
+            )
+        rank = len(spec.shape)
+        if array.ndim != rank:
+            raise ValueError(
+                f"{prefix}: expected input {name!r} of rank {rank}, "
+                f"{_layout(rank)}. Received: shape={array.shape}{batch_hint}"
+            )
+        for axis, size in enumerate(spec.shape[1:], start=1):
+            if size is not None and array.shape[axis] != size:
+                raise ValueError(
+                    f"{prefix}: expected input {name!r} of shape "
+                    f"{tuple(spec.shape)}. Received: shape={array.shape}"
+                )
+        if array.shape[0] == 0:
+            raise ValueError(
+                f"{prefix}: expected at least one example for input "
+                f"{name!r}. Received: shape={array.shape}"
+            )
+        if longest is not None and rank >= 2 and array.shape[1] > longest:
+            raise ValueError(
+                f"{prefix}: expected sequences of at most max_length="
+                f"{longest} (the model's PositionalEncoding) for input "
+                f"{name!r}. Received: length {array.shape[1]}"
+            )
+        if kind in "iu" and array.size:
+            low, high = int(array.min()), int(array.max())
+            if name in vocabularies:
+                layer, size = vocabularies[name]
+                if low < 0 or high >= size:
+                    raise ValueError(
+                        f"{prefix}: expected token ids in [0, {size}) for "
+                        f"input {name!r}, which feeds Embedding {layer!r} "
+                        f"(input_dim={size}). Received: ids from {low} to "
+                        f"{high}"
+                    )
+            info = np.iinfo(dtype)
+            if low < info.min or high > info.max:
+                raise ValueError(
+                    f"{prefix}: expected values that fit {dtype} for input "
+                    f"{name!r}. Received: values from {low} to {high}"
+                )
+        if kind == "b" and array.dtype.kind != "b":
+            array = array != 0
+        checked[name] = array.astype(dtype)
+    batch_sizes = {n: a.shape[0] for n, a in checked.items()}
+    if len(set(batch_sizes.values())) > 1:
+        raise ValueError(
+            f"{prefix}: expected the same number of examples for every "
+            f"input. Received: {batch_sizes}"
+        )
+    return checked
+
+
+def calibration_batches(model: keras.Model, representative_data) -> list:
+    """`representative_data` as a list of checked batches, each a dict of
+    arrays by input name in the input dtypes.
+
+    One array (or one dict of arrays) is one batch; otherwise each item of
+    the iterable is a batch.
+
+    Raises:
+        TypeError: a batch of the wrong dtype, e.g. float ids.
+        ValueError: a batch of the wrong rank or shape, ids outside the
+            vocabulary of the Embedding an input feeds, sequences longer
+            than the model's `max_length`, or no batch at all.
+    """
+    _check_model(model)
+    argument = "Received an invalid value for argument `representative_data`"
+    if isinstance(representative_data, dict) or hasattr(
+        representative_data, "shape"
+    ):
+        batches = [representative_data]
+    elif isinstance(representative_data, str | bytes) or not hasattr(
+        representative_data, "__iter__"
+    ):
+        raise TypeError(
+            f"{argument}: expected an array (one batch) or an iterable of "
+            "input batches. Received: representative_data of type "
+            f"{type(representative_data).__name__}"
+        )
+    else:
+        batches = list(representative_data)
+    if not batches:
+        raise ValueError(
+            f"{argument}: expected at least one input batch. Received: an "
+            "empty iterable"
+        )
+    checked = []
+    for i, batch in enumerate(batches):
+        prefix = f"{argument} (batch {i} of {len(batches)})"
+        try:
             named = _named_inputs(model, batch)
-            yield {n: named[n].astype(dtypes[n]) for n in names}
-            count += 1
-        if not count:
-            raise ValueError("`representative_data` yielded no batch")
+        except ValueError as error:
+            raise ValueError(f"{prefix}: {error}") from None
+        checked.append(
+            _check_calibration(
+                model,
+                named,
+                prefix,
+                batch_hint=". Each item is one batch: pass a 2-D array of "
+                "ids (batch, sequence) as it is, or a list of such arrays, "
+                "not single rows",
+            )
+        )
+    return checked
 
-    return generate
+
+def _flex_hint(model, ops):
+    """The likely fix for a model that needs Flex `ops`."""
+    half = sorted(
+        {
+            layer.compute_dtype
+            for layer in model._flatten_layers(include_self=True)
+            if layer.compute_dtype in ("float16", "bfloat16")
+        }
+    )
+    if half:
+        return (
+            f"The model computes in {' and '.join(half)}: export in float32: "
+            "build/load the model under the float32 policy (a model saved "
+            "in mixed precision keeps its policy when loaded; clone it to "
+            "float32 as the README's Deploy section shows)."
+        )
+    if "StridedSlice" in ops:
+        return (
+            "StridedSlice usually comes from indexing such as `x[..., None]`"
+            " on dynamic shapes: use `ops.expand_dims(x, -1)` (or "
+            "`ops.reshape`) instead."
+        )
+    return (
+        "Rewrite that code with ops that TFLite has as builtins "
+        "(https://ai.google.dev/edge/litert/models/ops_compatibility)."
+    )
 
 
 def _flex_error(model, message):
     """A readable error from the converter's 'needs Flex ops' message."""
-    ops = re.search(r"TF Select ops: ([^\n]*)", message)
-    ops = ops.group(1).strip() if ops else "unknown"
+    found = re.search(r"TF Select ops: ([^\n]*)", message)
+    ops = found.group(1).strip() if found else "unknown"
     known = {layer.name for layer in model._flatten_layers(include_self=False)}
     layers = set()
     for scope in re.findall(r'fused\["\w+:", "([^"@]+)', message):
@@ -190,9 +537,50 @@ def _flex_error(model, message):
     return FlexOpsError(
         f"The model needs TensorFlow ops that builtin TFLite lacks: {ops}"
         f"{where}. Flex (SELECT_TF_OPS) is never enabled, since the plain "
-        "LiteRT runtime cannot run it. Rewrite that code with ops that "
-        "convert, e.g. `ops.expand_dims(x, -1)` instead of `x[..., None]`."
+        f"LiteRT runtime cannot run it. {_flex_hint(model, ops.split(', '))}"
     )
+
+
+def _check_quantize(quantize, representative_data):
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            "Received an invalid value for argument `quantize`: expected one "
+            f"of {QUANTIZE_MODES}. Received: quantize={quantize!r}"
+        )
+    if quantize == "int8" and representative_data is None:
+        raise ValueError(
+            'quantize="int8" needs `representative_data`: an iterable of '
+            "input batches to calibrate activation ranges on"
+        )
+
+
+def _convert(model, quantize=None, batches=None):
+    """The TFLite flatbuffer of `model`, as bytes; `batches` are checked
+    calibration batches (for int8)."""
+    tf = _tf()
+    with tempfile.TemporaryDirectory(prefix="keras_encoder.") as tmp:
+        saved_model = os.path.join(tmp, "saved_model")
+        model.export(saved_model, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            converter.representative_dataset = lambda: iter(batches)
+        try:
+            with warnings.catch_warnings():
+                # int8 calibration runs TF's own deprecated interpreter.
+                warnings.filterwarnings(
+                    "ignore",
+                    message=r"(?s).*tf\.lite\.Interpreter is deprecated",
+                )
+                return converter.convert()
+        except Exception as error:
+            if "TF Select ops" in str(error):
+                raise _flex_error(model, str(error)) from None
+            raise
 
 
 def to_tflite(
@@ -205,67 +593,43 @@ def to_tflite(
 
     Args:
         model: a built `keras.Model`.
-        path: the `.tflite` file to write; replaced if it exists.
+        path: the `.tflite` file to write. An existing TFLite model (or
+            empty file) there is replaced; anything else is refused before
+            any work (see `check_destination`).
         quantize: `None` (float32), `"float16"`, `"dynamic"` or `"int8"`.
             Defaults to `None`.
-        representative_data: for `"int8"` (required there), an iterable of
-            input batches, each an array (single-input models), a list in
-            input order, or a dict keyed by input name; ignored by the
-            other modes. A few hundred examples of real data calibrate
-            well. They must cover the sequence lengths and padding you will
-            run: every activation is calibrated, including, e.g., the token
-            count of a masked mean, which saturates at inference if
-            calibration never saw it.
+        representative_data: for `"int8"` (required there), one batch (an
+            array for a single-input model, or a dict keyed by input name)
+            or an iterable of batches, each an array, a list in input
+            order, or a dict; ignored by the other modes. Checked before
+            conversion (see `calibration_batches`): integer ids within the
+            vocabulary of the Embedding an input feeds, sequences no longer
+            than the model's `max_length`. A few hundred examples of real
+            data calibrate well. They must cover the sequence lengths and
+            padding you will run: every activation is calibrated,
+            including, e.g., the token count of a masked mean, which
+            saturates at inference if calibration never saw it.
 
     Returns:
         `path`.
 
     Raises:
         FlexOpsError: the model needs ops outside the TFLite builtins.
+        FileExistsError: something other than a TFLite model is at `path`.
+        TypeError, ValueError: bad `representative_data`.
     """
     _check_model(model)
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(
-            "Received an invalid value for argument `quantize`: expected one "
-            f"of {QUANTIZE_MODES}. Received: quantize={quantize!r}"
-        )
-    if quantize == "int8" and representative_data is None:
-        raise ValueError(
-            'quantize="int8" needs `representative_data`: an iterable of '
-            "input batches to calibrate activation ranges on"
-        )
+    _check_quantize(quantize, representative_data)
     path = os.fspath(path)
-    parent = _parent(path)
-    tf = _tf()
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".export.") as tmp:
-        saved_model = os.path.join(tmp, "saved_model")
-        model.export(saved_model, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize is not None:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantize == "int8":
-            converter.representative_dataset = _representative_dataset(
-                model, representative_data
-            )
-        try:
-            with warnings.catch_warnings():
-                # int8 calibration runs TF's own deprecated interpreter.
-                warnings.filterwarnings(
-                    "ignore",
-                    message=r"(?s).*tf\.lite\.Interpreter is deprecated",
-                )
-                flatbuffer = converter.convert()
-        except Exception as error:
-            if "TF Select ops" in str(error):
-                raise _flex_error(model, str(error)) from None
-            raise
-        tmp_file = os.path.join(tmp, "model.tflite")
-        with open(tmp_file, "wb") as f:
-            f.write(flatbuffer)
-        os.replace(tmp_file, path)
+    target = check_destination(path, "tflite")
+    batches = None
+    if quantize == "int8":
+        batches = calibration_batches(model, representative_data)
+    staged = _stage_bytes(_convert(model, quantize, batches), target)
+    try:
+        _install(staged, target, "tflite")
+    finally:
+        _remove(staged)
     return path
 
 

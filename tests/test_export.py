@@ -2,6 +2,8 @@
 quantization bars, and clear failures."""
 
 import os
+import re
+import tempfile
 
 import keras
 import numpy as np
@@ -151,18 +153,135 @@ def test_saved_model_round_trip(models, tmp_path):
     assert result.max_abs_diff <= 1e-5 and result.ops is None
 
 
-def test_exports_replace_existing_artifacts(models, tmp_path):
+SAVED_MODEL_ENTRIES = [
+    "assets",
+    "fingerprint.pb",
+    "saved_model.pb",
+    "variables",
+]
+
+
+def test_exports_replace_their_own_artifacts(models, tmp_path):
     model = models["sinusoidal"]
     saved = tmp_path / "saved_model"
-    saved.mkdir()
-    (saved / "stale.txt").write_text("old")
     export.to_saved_model(model, saved)
-    assert not (saved / "stale.txt").exists()
+    first = (saved / "saved_model.pb").stat().st_mtime_ns
+    # A trailing slash names the same directory: replaced, nothing left in it.
+    assert export.to_saved_model(model, f"{saved}/") == f"{saved}/"
+    assert (saved / "saved_model.pb").stat().st_mtime_ns > first
+    assert sorted(os.listdir(saved)) == SAVED_MODEL_ENTRIES
+    (tmp_path / "empty").mkdir()  # an empty directory holds nothing to lose
+    export.to_saved_model(model, tmp_path / "empty")
+    assert sorted(os.listdir(tmp_path / "empty")) == SAVED_MODEL_ENTRIES
     tflite = tmp_path / "model.tflite"
-    tflite.write_bytes(b"old")
+    tflite.write_bytes(b"")  # e.g. made by NamedTemporaryFile
     export.to_tflite(model, tflite)
+    first = tflite.stat().st_mtime_ns
+    export.to_tflite(model, tflite)
+    assert tflite.stat().st_mtime_ns > first
     assert export.describe_tflite(tflite)["builtin_only"]
-    assert sorted(os.listdir(tmp_path)) == ["model.tflite", "saved_model"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "empty",
+        "model.tflite",
+        "saved_model",
+    ]
+
+
+def _tree(root):
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _users_files(root):
+    (root / "project" / "src").mkdir(parents=True)
+    (root / "project" / "src" / "notes.txt").write_text("my notes")
+    (root / "notes.txt").write_text("more notes")
+    (root / "polluted").mkdir()  # a SavedModel with a file of the user's
+    (root / "polluted" / "saved_model.pb").write_bytes(b"")
+    (root / "polluted" / "stale.txt").write_text("keep me")
+
+
+# case: (function, path, error, message)
+REFUSED = {
+    "saved model onto a project": (
+        "to_saved_model",
+        "project",
+        FileExistsError,
+        r"Cannot write a SavedModel to '.*project': exists and is not a "
+        r"SavedModel \(it holds src\); refusing to replace it: remove it or "
+        r"choose another path",
+    ),
+    "saved model onto a SavedModel with a foreign file": (
+        "to_saved_model",
+        "polluted",
+        FileExistsError,
+        r"exists and is not a SavedModel \(it holds saved_model.pb, "
+        r"stale.txt\)",
+    ),
+    "saved model onto a file": (
+        "to_saved_model",
+        "notes.txt",
+        FileExistsError,
+        r"'.*notes.txt': is a file, where a SavedModel goes; refusing to "
+        r"replace it",
+    ),
+    "tflite onto a directory": (
+        "to_tflite",
+        "project",
+        FileExistsError,
+        r"'.*project': is a directory, where a TFLite model goes",
+    ),
+    "tflite onto a file of the user's": (
+        "to_tflite",
+        "notes.txt",
+        FileExistsError,
+        r"'.*notes.txt': exists and is not a TFLite model; refusing to "
+        r"replace it",
+    ),
+    "tflite onto a directory path": (
+        "to_tflite",
+        "new/",
+        ValueError,
+        r"'.*new/': a TFLite model is a file, not a directory path",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_refuses_what_it_did_not_write(case, models, tmp_path, monkeypatch):
+    function, name, error, message = REFUSED[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    _users_files(work)
+    before = _tree(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(error, match=message):
+        getattr(export, function)(models["sinusoidal"], f"{work}/{name}")
+    assert _tree(work) == before
+    assert os.listdir(tmp_path) == ["work"]
+
+
+def test_interrupted_export_leaves_nothing(models, tmp_path, monkeypatch):
+    """Ctrl-C during an export: no artifact, no temporary file."""
+    model = models["sinusoidal"]
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    original = model.export
+
+    def interrupted(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.to_saved_model(model, out / "saved_model")
+    with pytest.raises(KeyboardInterrupt):
+        export.to_tflite(model, out / "model.tflite")
+    assert os.listdir(out) == [] and os.listdir(tmp_path / "tmp") == []
 
 
 class NeedsFlex(keras.layers.Layer):
@@ -178,10 +297,61 @@ def test_flex_op_is_a_clear_error_and_writes_nothing(tmp_path):
     with pytest.raises(
         export.FlexOpsError,
         match=r"builtin TFLite lacks: StridedSlice in layer\(s\) "
-        r"\['needs_flex'\]",
+        r"\['needs_flex'\]\. .* StridedSlice usually comes from indexing "
+        r"such as `x\[\.\.\., None\]` on dynamic shapes: use "
+        r"`ops\.expand_dims\(x, -1\)`",
     ):
         export.to_tflite(model, tmp_path / "model.tflite")
     assert os.listdir(tmp_path) == []
+
+
+def test_float16_model_is_told_to_export_in_float32(tmp_path, monkeypatch):
+    """A mixed_float16 model needs Flex ops; the error says why and the
+    README's recipe (clone it under float32) converts."""
+    keras.config.set_dtype_policy("mixed_float16")
+    ids = keras.Input((None,), dtype="int32", name="input_ids")
+    x = keras.layers.Embedding(VOCAB, WIDTH)(ids)
+    half = keras.Model(ids, EncoderBlock(2, 32)(x))
+    keras.config.set_dtype_policy("float32")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with pytest.raises(
+        export.FlexOpsError,
+        match=r"lacks: .*MatMul.* The model computes in float16: export in "
+        r"float32: build/load the model under the float32 policy",
+    ):
+        export.to_tflite(half, tmp_path / "model.tflite")
+    assert os.listdir(tmp_path) == ["tmp"] and not os.listdir(tmp_path / "tmp")
+
+    float32 = keras.models.clone_model(
+        half,
+        clone_function=lambda layer: (
+            layer.__class__.from_config(
+                {**layer.get_config(), "dtype": "float32"}
+            )
+            if isinstance(layer, keras.layers.Layer)
+            else layer
+        ),
+    )
+    float32.set_weights(half.get_weights())
+    path = export.to_tflite(float32, tmp_path / "model.tflite")
+    result = export.verify(half, path, token_batch(2, 7))
+    assert result.builtin_only and result.max_abs_diff < 1e-2
+
+
+@pytest.mark.parametrize(
+    "policy, ops, hint",
+    [
+        ("mixed_bfloat16", ["MatMul"], r"computes in bfloat16: export in "),
+        ("float32", ["StridedSlice"], r"use `ops\.expand_dims\(x, -1\)`"),
+        ("float32", ["Erfinv"], r"Rewrite that code with ops that TFLite "),
+    ],
+)
+def test_flex_hint_names_the_likely_cause(policy, ops, hint):
+    layer = keras.layers.Dense(2, dtype=policy)
+    inputs = keras.Input((3,))
+    hinted = export._flex_hint(keras.Model(inputs, layer(inputs)), ops)
+    assert re.search(hint, hinted), hinted
 
 
 def test_bad_arguments(models, tmp_path):
@@ -197,6 +367,108 @@ def test_bad_arguments(models, tmp_path):
     with pytest.raises(TypeError, match=r"Expected a keras.Model"):
         export.to_saved_model("model.keras", tmp_path / "sm")
     assert os.listdir(tmp_path) == []
+
+
+CALIBRATION = token_batch(8, MAX_LENGTH, seed=4)
+INVALID = r"Received an invalid value for argument `representative_data`"
+
+# case: (representative_data, error, message)
+BAD_CALIBRATION = {
+    "rows one by one": (
+        iter(CALIBRATION),
+        ValueError,
+        rf"{INVALID} \(batch 0 of 8\): expected input 'input_ids' of rank 2, "
+        r"\(batch, sequence\)\. Received: shape=\(16,\)\. Each item is one "
+        r"batch: pass a 2-D array of ids \(batch, sequence\) as it is, or a "
+        r"list of such arrays, not single rows",
+    ),
+    "a stack of batches": (
+        CALIBRATION.reshape(2, 4, MAX_LENGTH),
+        ValueError,
+        rf"{INVALID} \(batch 0 of 1\): expected input 'input_ids' of rank 2, "
+        r"\(batch, sequence\)\. Received: shape=\(2, 4, 16\)",
+    ),
+    "float ids": (
+        [CALIBRATION.astype("float32")],
+        TypeError,
+        rf"{INVALID} \(batch 0 of 1\): expected integer values for input "
+        r"'input_ids' \(int32\); floats are not cast to ids silently\. "
+        r"Received: dtype=float32",
+    ),
+    "ids outside the vocabulary": (
+        [CALIBRATION, CALIBRATION + VOCAB],
+        ValueError,
+        rf"{INVALID} \(batch 1 of 2\): expected token ids in \[0, 40\) for "
+        r"input 'input_ids', which feeds Embedding '\w+' \(input_dim=40\)\. "
+        rf"Received: ids from {VOCAB} to \d+",
+    ),
+    "negative ids": (
+        [-CALIBRATION],
+        ValueError,
+        r"expected token ids in \[0, 40\) .* Received: ids from -\d+ to 0",
+    ),
+    "sequences longer than max_length": (
+        [np.ones((2, MAX_LENGTH + 1), "int32")],
+        ValueError,
+        rf"{INVALID} \(batch 0 of 1\): expected sequences of at most "
+        r"max_length=16 \(the model's PositionalEncoding\) for input "
+        r"'input_ids'\. Received: length 17",
+    ),
+    "an empty batch": (
+        [CALIBRATION[:0]],
+        ValueError,
+        r"expected at least one example for input 'input_ids'\. Received: "
+        r"shape=\(0, 16\)",
+    ),
+    "no batch": (
+        [],
+        ValueError,
+        rf"{INVALID}: expected at least one input batch\. Received: an empty "
+        r"iterable",
+    ),
+    "not a batch": (
+        3,
+        TypeError,
+        rf"{INVALID}: expected an array \(one batch\) or an iterable of input "
+        r"batches\. Received: representative_data of type int",
+    ),
+    "a wrong input name": (
+        [{"tokens": CALIBRATION}],
+        ValueError,
+        r"\(batch 0 of 1\): Missing model inputs \['input_ids'\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALIBRATION)
+def test_bad_calibration_data_is_refused_before_conversion(
+    case, models, tmp_path
+):
+    data, error, message = BAD_CALIBRATION[case]
+    with pytest.raises(error, match=message):
+        export.to_tflite(
+            models["sinusoidal"],
+            tmp_path / "int8.tflite",
+            quantize="int8",
+            representative_data=data,
+        )
+    assert os.listdir(tmp_path) == []
+
+
+def test_one_array_of_ids_is_one_calibration_batch(models, tmp_path):
+    model = models["sinusoidal"]
+    ids = token_batch(64, MAX_LENGTH, seed=6)
+    batches = export.calibration_batches(model, ids.astype("int64"))
+    assert len(batches) == 1 and batches[0]["input_ids"].dtype == np.int32
+    np.testing.assert_array_equal(batches[0]["input_ids"], ids)
+    path = export.to_tflite(
+        model,
+        tmp_path / "int8.tflite",
+        quantize="int8",
+        representative_data=ids,
+    )
+    result = export.verify(model, path, token_batch(4, 9, seed=3))
+    assert result.builtin_only and result.cosine > 0.95, result
 
 
 # Quantization: each mode against its bar, at real tokens vs float Keras.
