@@ -6,22 +6,29 @@
     keras-encoder inspect FILE.tflite
 
 Bad input (a missing file, not a Keras file, int8 without calibration data,
-an unwritable path) prints one line to stderr and exits with status 2,
-before anything is written.
+bad calibration data, an unwritable path, a destination that holds
+something other than an artifact of the same kind, the same path twice)
+prints one line to stderr and exits with status 2, before anything is
+written. Both artifacts are written to temporary names, checked, and only
+then renamed into place, so any failure (or Ctrl-C, exit status 130)
+leaves the destinations as they were and no temporary file behind.
 """
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import tempfile
 import zipfile
 
 import keras
 import numpy as np
 
 from keras_encoder import export
-from keras_encoder.positional_encoding import PositionalEncoding
 
 USAGE_ERROR = 2
+INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -45,18 +52,62 @@ def _check_keras_file(path):
             raise UsageError(f"{path}: not a Keras .keras file (no config)")
 
 
-def _check_writable(path, flag):
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError(f"{flag} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: directory {parent} is not writable")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise UsageError(f"{flag} {path}: not writable")
+def _check_destinations(args):
+    """Refuse, before any work, destinations that conflict, cannot be
+    written, or hold something an export must not replace."""
+    outputs = [
+        (flag, path, kind)
+        for path, flag, kind in (
+            (args.saved_model, "--saved-model", "saved_model"),
+            (args.tflite, "--tflite", "tflite"),
+        )
+        if path is not None
+    ]
+    for flag, path, _ in outputs:
+        if not path:
+            raise UsageError(f"{flag}: empty path")
+    real = {flag: os.path.realpath(path) for flag, path, _ in outputs}
+    if len(outputs) == 2:
+        (sm_flag, sm, _), (tf_flag, tfl, _) = outputs
+        if real[sm_flag] == real[tf_flag]:
+            raise UsageError(
+                f"{sm_flag} {sm} and {tf_flag} {tfl} are the same path"
+            )
+        if os.path.commonpath([real[sm_flag], real[tf_flag]]) == real[sm_flag]:
+            raise UsageError(
+                f"{tf_flag} {tfl} is inside {sm_flag} {sm}, which is "
+                "replaced as a whole"
+            )
+    for source in (args.model, args.calibration):
+        if not source:
+            continue
+        source_real = os.path.realpath(source)
+        for flag, path, kind in outputs:
+            if source_real == real[flag] or (
+                kind == "saved_model"
+                and os.path.commonpath([source_real, real[flag]]) == real[flag]
+            ):
+                raise UsageError(
+                    f"{flag} {path} would overwrite the input {source}"
+                )
+    for flag, path, kind in outputs:
+        problem = export._destination_problem(path, kind)
+        if problem:
+            raise UsageError(f"{flag} {path}: {problem[1]}")
+        target = os.path.abspath(path)
+        parent = os.path.dirname(target)
+        if not os.access(parent, os.W_OK):
+            raise UsageError(
+                f"{flag} {path}: directory {parent} is not writable"
+            )
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            raise UsageError(f"{flag} {path}: not writable")
 
 
-def _load_calibration(path, input_names):
-    """Calibration batches from `.npy` (one input) or `.npz` (by name)."""
+def _load_calibration(path, model):
+    """Checked calibration batches from `.npy` (one input: an array of
+    examples) or `.npz` (one such array per input name), 8 examples each."""
+    input_names = export.input_names(model)
     if not os.path.isfile(path):
         raise UsageError(f"--calibration {path}: no such file")
     try:
@@ -83,34 +134,26 @@ def _load_calibration(path, input_names):
             f"--calibration {path}: missing arrays for inputs "
             f"{sorted(missing)} (has {sorted(arrays)})"
         )
-    counts = {name: len(arrays[name]) for name in input_names}
+    arrays = {name: arrays[name] for name in input_names}
+    counts = {name: len(a) if a.ndim else 0 for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
         raise UsageError(
             f"--calibration {path}: inputs hold different numbers of "
             f"examples: {counts}"
         )
-    count = counts[input_names[0]]
-    if count == 0:
+    if counts[input_names[0]] == 0:
         raise UsageError(f"--calibration {path}: no examples")
+    try:
+        arrays = export._check_calibration(
+            model, arrays, f"--calibration {path}"
+        )
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    count = counts[input_names[0]]
     return [
         {name: arrays[name][i : i + 8] for name in input_names}
         for i in range(0, count, 8)
     ]
-
-
-def _vocabularies(model):
-    """{input name: input_dim} for inputs that feed an Embedding directly."""
-    inputs = export.model_inputs(model)
-    by_tensor = {id(t): name for name, t in inputs.items()}
-    sizes = {}
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.Embedding):
-            continue
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                if id(tensor) in by_tensor:
-                    sizes[by_tensor[id(tensor)]] = layer.input_dim
-    return sizes
 
 
 def _sample_inputs(model, length, seed=0):
@@ -122,7 +165,9 @@ def _sample_inputs(model, length, seed=0):
     inputs normal noise.
     """
     rng = np.random.default_rng(seed)
-    vocabularies = _vocabularies(model)
+    vocabularies = {
+        name: size for name, (_, size) in export._vocabularies(model).items()
+    }
     lengths = np.array([[length], [max(1, length // 2)]])
     real = np.arange(length)[None, :] < lengths
     named = {}
@@ -154,12 +199,7 @@ def _lengths(model, requested):
                 f"fixed length {sorted(fixed)}"
             )
         return sorted(fixed)
-    limits = [
-        layer.max_length
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, PositionalEncoding)
-    ]
-    longest = min(limits) if limits else None
+    longest = export.max_length(model)
     if requested:
         too_long = [n for n in requested if longest and n > longest]
         if too_long:
@@ -171,8 +211,81 @@ def _lengths(model, requested):
     return sorted({1, min(16, longest or 16), longest or 64})
 
 
+@contextlib.contextmanager
+def _held_stderr():
+    """Hold what is printed to stderr (file descriptor 2, so TensorFlow's
+    C++ converter diagnostics too) and pass it on only on success: a
+    failure is reported in one line of our own."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        succeeded = False
+        try:
+            yield
+            succeeded = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if succeeded:
+                held.seek(0)
+                os.write(2, held.read())
+
+
+@contextlib.contextmanager
+def _no_interrupts():
+    """Ctrl-C waits until the block (a cleanup) is done."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Interrupts:
+    """Remembers a Ctrl-C, also where TensorFlow swallows the
+    KeyboardInterrupt or turns it into another error while it traces."""
+
+    def __enter__(self):
+        self.seen = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def check(self):
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _one_line(error):
+    """An exception as one line: its first line, type name if empty."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0] + (" (...)" if len(lines) > 1 else "")
+
+
 def _export(args):
-    if not (args.saved_model or args.tflite):
+    if args.saved_model is None and args.tflite is None:
         raise UsageError(
             "nothing to do: give --saved-model DIR and/or --tflite FILE"
         )
@@ -186,55 +299,83 @@ def _export(args):
         )
     if any(n < 1 for n in args.seq_len or []):
         raise UsageError("--seq-len values must be positive")
-    for path, flag in (
-        (args.saved_model, "--saved-model"),
-        (args.tflite, "--tflite"),
-    ):
-        if path:
-            _check_writable(path, flag)
+    _check_destinations(args)
 
     try:
         model = keras.saving.load_model(args.model)
     except Exception as error:
-        raise UsageError(f"{args.model}: cannot load ({error})") from None
-    names = export.input_names(model)
+        raise UsageError(
+            f"{args.model}: cannot load ({_one_line(error)})"
+        ) from None
     calibration = (
-        _load_calibration(args.calibration, names) if args.calibration else None
+        _load_calibration(args.calibration, model) if args.calibration else None
     )
     lengths = _lengths(model, args.seq_len)
 
-    # TFLite first: a model that needs Flex ops fails before anything is
-    # written.
-    artifacts = []
-    if args.tflite:
+    staged = []  # (label, temporary path, target path, kind)
+    with _Interrupts() as interrupts:
         try:
-            export.to_tflite(model, args.tflite, args.quantize, calibration)
-        except export.FlexOpsError as error:
-            raise UsageError(str(error)) from None
-        artifacts.append(args.tflite)
-    if args.saved_model:
-        artifacts.insert(0, export.to_saved_model(model, args.saved_model))
+            with _held_stderr():
+                rows = _write(model, args, calibration, lengths, staged)
+                interrupts.check()  # before anything is renamed into place
+                for _, tmp, target, kind in staged:
+                    export._install(tmp, target, kind)
+        except (OSError, RuntimeError, TypeError, ValueError) as error:
+            interrupts.check()
+            raise UsageError(_one_line(error)) from None
+        finally:
+            with _no_interrupts():
+                for _, tmp, _, _ in staged:
+                    export._remove(tmp)
 
-    samples = [(str(n), _sample_inputs(model, n)) for n in lengths]
-    if calibration:
-        samples.append(("calibration", calibration[0]))
     header = (
         f"{'artifact':<32} {'size':>9} {'inputs':>11} "
         f"{'max|diff|':>10} {'cosine':>9}  builtin-only"
     )
     print(header)
     print("-" * len(header))
-    for artifact in artifacts:
-        for label, inputs in samples:
-            result = export.verify(model, artifact, inputs)
+    for row in rows:
+        print(row)
+    return 0
+
+
+def _write(model, args, calibration, lengths, staged):
+    """Stage both artifacts (appending them to `staged`) and compute the
+    parity table from them; the caller renames them into place.
+
+    Both go to temporary names beside their targets and are checked before
+    either is renamed: a failure anywhere (a Flex op, a converter error,
+    Ctrl-C) leaves the destinations as they were. TFLite first: it is the
+    one likely to fail.
+    """
+    if args.tflite:
+        target = os.path.abspath(args.tflite)
+        flatbuffer = export._convert(model, args.quantize, calibration)
+        tmp = export._stage_bytes(flatbuffer, target)
+        staged.append((args.tflite, tmp, target, "tflite"))
+    if args.saved_model:
+        target = os.path.abspath(args.saved_model)
+        tmp = export._stage_saved_model(model, target)
+        staged.insert(0, (args.saved_model, tmp, target, "saved_model"))
+    return _parity_rows(model, staged, lengths, calibration)
+
+
+def _parity_rows(model, staged, lengths, calibration):
+    """The parity table's rows, from the staged artifacts."""
+    samples = [(f"seq {n}", _sample_inputs(model, n)) for n in lengths]
+    if calibration:
+        samples.append(("calibration", calibration[0]))
+    rows = []
+    for label, tmp, _, _ in staged:
+        for name, inputs in samples:
+            result = export.verify(model, tmp, inputs)
             builtin = {None: "-", True: "yes", False: "no"}[result.builtin_only]
-            print(
-                f"{artifact:<32} {_human(result.size_bytes):>9} "
-                f"{'seq ' + label if label.isdigit() else label:>11} "
+            rows.append(
+                f"{label:<32} {_human(result.size_bytes):>9} {name:>11} "
                 f"{result.max_abs_diff:>10.2e} {result.cosine:>9.6f}  "
                 f"{builtin}"
             )
-    return 0
+    return rows
 
 
 def _inspect(args):
@@ -303,6 +444,12 @@ def main(argv=None):
     except UsageError as error:
         print(f"keras-encoder: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        # Cleaned up already; a second Ctrl-C must not turn the exit into
+        # a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("keras-encoder: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """The keras-encoder command: success paths and every bad-input case."""
 
+import concurrent.futures
+import hashlib
 import os
 import pathlib
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 
 import keras
@@ -241,12 +246,300 @@ def test_sample_inputs_follow_each_input(tmp_path):
     assert sample["aids"].dtype == np.int32 and sample["aids"].max() < 9
 
 
-def test_calibration_arrays_must_agree(tmp_path, capsys):
+def test_calibration_arrays_must_agree(model_file, tmp_path):
+    model = keras.saving.load_model(model_file)
     path = tmp_path / "calibration.npz"
     np.savez(path, tokens=np.ones((4, 6), "int32"), other=np.ones((3, 6)))
-    assert cli._load_calibration(str(path), ["tokens"])[0]["tokens"].shape == (
-        4,
-        6,
+    batches = cli._load_calibration(str(path), model)
+    assert [b["tokens"].shape for b in batches] == [(4, 6)]
+    multi = keras.Model(
+        {"tokens": model.input, "other": keras.Input((None,), name="other")},
+        model.output,
     )
     with pytest.raises(cli.UsageError, match=r"different numbers of examples"):
-        cli._load_calibration(str(path), ["tokens", "other"])
+        cli._load_calibration(str(path), multi)
+
+
+# The installed command, run as a user would, in a directory of the user's
+# own: a project with notes, a file, a previous SavedModel and TFLite model.
+COMMAND = os.path.join(os.path.dirname(sys.executable), "keras-encoder")
+
+# TensorFlow's C++ runtime logs a few lines while it is imported, before
+# the command's own code runs (absl's "WARNING: All log messages before
+# absl::InitializeLog()", "I0000 ... oneDNN custom operations are on", the
+# CPU feature notice); the command cannot silence those, so they are not
+# counted. Everything else on stderr must be the command's one line.
+TF_IMPORT_LOG = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ (port|cpu_feature_guard)\.cc:\d+\] "
+    r"|To enable the following instructions: )"
+)
+
+
+def _own_lines(stderr):
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and not TF_IMPORT_LOG.match(line)
+    ]
+
+
+def _snapshot(root):
+    """{relative path: content digest, or "dir"} of everything under root."""
+    tree = {}
+    for path in sorted(pathlib.Path(root).rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_dir():
+            tree[key] = "dir"
+        else:
+            tree[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return tree
+
+
+@pytest.fixture(scope="module")
+def half_model_file(tmp_path_factory):
+    """A model saved under mixed_float16: it keeps that policy when loaded."""
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        ids = keras.Input((None,), dtype="int32", name="tokens")
+        x = keras.layers.Embedding(50, 16)(ids)
+        model = keras.Model(ids, EncoderBlock(2, 32)(x))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    path = tmp_path_factory.mktemp("half") / "half.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def user_dir_template(model_file, half_model_file, tmp_path_factory):
+    """A user's working directory, with a previous export in it."""
+    root = tmp_path_factory.mktemp("template")
+    shutil.copy(model_file, root / "model.keras")
+    shutil.copy(half_model_file, root / "half.keras")
+    (root / "project" / "src").mkdir(parents=True)
+    (root / "project" / "src" / "notes.txt").write_text("my notes")
+    (root / "notes.txt").write_text("more notes")
+    (root / "empty_dir").mkdir()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 50, size=(16, 12)).astype("int32")
+    np.save(root / "calibration.npy", ids)
+    np.save(root / "float_ids.npy", ids.astype("float32"))
+    np.save(root / "outside_vocabulary.npy", ids + 10)
+    np.save(root / "too_long.npy", np.ones((4, 20), "int32"))
+    np.save(root / "one_row.npy", ids[0])
+    code = subprocess.run(
+        [COMMAND, "export", "model.keras", "--saved-model", "old_saved_model"]
+        + ["--tflite", "old.tflite", "--seq-len", "2"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).returncode
+    assert code == 0
+    return root
+
+
+def _user_dir(template, tmp_path):
+    work = tmp_path / "user"
+    shutil.copytree(template, work)
+    (tmp_path / "tmp").mkdir()
+    return work
+
+
+def _run(work, args, timeout=300):
+    """The installed command in `work`, with its own TMPDIR beside it."""
+    env = dict(os.environ, TMPDIR=str(work.parent / "tmp"))
+    return subprocess.run(
+        [COMMAND, *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _export(*args):
+    return ["export", "model.keras", *args]
+
+
+# case: (arguments, with {work} for the user's directory; the error line)
+USER_CASES = {
+    "saved model onto the user's project": (
+        _export("--saved-model", "project", "--seq-len", "2"),
+        "--saved-model project: exists and is not a SavedModel (it holds "
+        "src); refusing to replace it: remove it or choose another path",
+    ),
+    "saved model onto a file": (
+        _export("--saved-model", "notes.txt", "--tflite", "new.tflite"),
+        "--saved-model notes.txt: is a file, where a SavedModel goes; "
+        "refusing to replace it",
+    ),
+    "saved model onto the current directory": (
+        _export("--saved-model", "."),
+        "--saved-model . would overwrite the input model.keras",
+    ),
+    "the same path twice": (
+        _export("--saved-model", "out", "--tflite", "out"),
+        "--saved-model out and --tflite out are the same path",
+    ),
+    "the same path, trailing slash and absolute": (
+        _export("--saved-model", "out/", "--tflite", "{work}/out"),
+        "--saved-model out/ and --tflite {work}/out are the same path",
+    ),
+    "tflite inside the saved model": (
+        _export("--saved-model", "out", "--tflite", "./out/m.tflite"),
+        "--tflite ./out/m.tflite is inside --saved-model out, which is "
+        "replaced as a whole",
+    ),
+    "tflite onto a directory": (
+        _export("--tflite", "empty_dir"),
+        "--tflite empty_dir: is a directory, where a TFLite model goes; "
+        "refusing to replace it",
+    ),
+    "tflite onto a directory path": (
+        _export("--tflite", "new/"),
+        "--tflite new/: a TFLite model is a file, not a directory path",
+    ),
+    "tflite onto a file of the user's": (
+        _export("--tflite", "notes.txt"),
+        "--tflite notes.txt: exists and is not a TFLite model; refusing to "
+        "replace it: remove it or choose another path",
+    ),
+    "tflite onto the model": (
+        _export("--tflite", "model.keras"),
+        "--tflite model.keras would overwrite the input model.keras",
+    ),
+    "float calibration ids": (
+        _export("--tflite", "old.tflite", "--saved-model", "old_saved_model")
+        + ["--quantize", "int8", "--calibration", "float_ids.npy"],
+        "--calibration float_ids.npy: expected integer values for input "
+        "'tokens' (int32); floats are not cast to ids silently. Received: "
+        "dtype=float32",
+    ),
+    "calibration ids outside the vocabulary": (
+        _export("--tflite", "old.tflite", "--quantize", "int8")
+        + ["--calibration", "outside_vocabulary.npy"],
+        "--calibration outside_vocabulary.npy: expected token ids in "
+        "[0, 50) for input 'tokens', which feeds Embedding 'embedding' "
+        "(input_dim=50). Received: ids from 11 to 59",
+    ),
+    "calibration longer than max_length": (
+        _export("--tflite", "old.tflite", "--quantize", "int8")
+        + ["--calibration", "too_long.npy"],
+        "--calibration too_long.npy: expected sequences of at most "
+        "max_length=12 (the model's PositionalEncoding) for input 'tokens'. "
+        "Received: length 20",
+    ),
+    "calibration of one row": (
+        _export("--tflite", "old.tflite", "--quantize", "int8")
+        + ["--calibration", "one_row.npy"],
+        "--calibration one_row.npy: expected input 'tokens' of rank 2, "
+        "(batch, sequence). Received: shape=(12,)",
+    ),
+    "float16 model (Flex ops)": (
+        ["export", "half.keras", "--saved-model", "old_saved_model"]
+        + ["--tflite", "old.tflite", "--seq-len", "2"],
+        "The model needs TensorFlow ops that builtin TFLite lacks: .* The "
+        "model computes in float16: export in float32: build/load the model "
+        "under the float32 policy",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def user_case_results(request, user_dir_template, tmp_path_factory):
+    """Run the selected USER_CASES, two at a time (one per CI core):
+    {case: (work dir, snapshot before, result)}."""
+    selected = {
+        item.callspec.params["user_case"]
+        for item in request.session.items
+        if hasattr(item, "callspec") and "user_case" in item.callspec.params
+    }
+
+    def run(case):
+        tmp_path = tmp_path_factory.mktemp("case")
+        work = _user_dir(user_dir_template, tmp_path)
+        args = [a.replace("{work}", str(work)) for a in USER_CASES[case][0]]
+        before = _snapshot(work)
+        return case, (work, before, _run(work, args))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, sorted(selected)))
+
+
+@pytest.mark.parametrize("user_case", USER_CASES)
+def test_refused_as_one_line_with_nothing_written(user_case, user_case_results):
+    """Exit 2, one line on stderr, the user's files (project/src/notes.txt,
+    the previous export) untouched, no temporary file left anywhere."""
+    work, before, result = user_case_results[user_case]
+    message = USER_CASES[user_case][1].replace("{work}", str(work))
+    lines = _own_lines(result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    if user_case == "float16 model (Flex ops)":
+        assert re.fullmatch(f"keras-encoder: error: {message}.*", lines[0])
+    else:
+        assert lines[0] == f"keras-encoder: error: {message}"
+    assert _snapshot(work) == before
+    assert os.listdir(work.parent / "tmp") == []
+
+
+def test_replaces_previous_artifacts_and_nothing_else(
+    user_dir_template, tmp_path
+):
+    """A previous SavedModel (named with a trailing slash) and .tflite are
+    replaced in place; no temporary directory is left inside or beside."""
+    work = _user_dir(user_dir_template, tmp_path)
+    before = _snapshot(work)
+    replaced = ("old.tflite", "old_saved_model/saved_model.pb")
+    mtimes = {name: (work / name).stat().st_mtime_ns for name in replaced}
+    result = _run(
+        work,
+        _export("--saved-model", "old_saved_model/")
+        + ["--tflite", f"{work}/old.tflite", "--seq-len", "3"],
+    )
+    assert result.returncode == 0, result.stderr
+    for name in replaced:
+        assert (work / name).stat().st_mtime_ns > mtimes[name], name
+    after = _snapshot(work)
+    assert set(after) == set(before)  # nothing new inside or beside
+    assert {k for k in before if after[k] != before[k]} <= {
+        k for k in before if k == "old.tflite" or k.startswith("old_saved")
+    }
+    assert os.listdir(work.parent / "tmp") == []
+
+
+def test_interrupt_leaves_nothing(user_dir_template, tmp_path):
+    """Ctrl-C in the middle of an export: exit 130, the destinations as
+    they were, no temporary file beside them or in TMPDIR."""
+    work = _user_dir(user_dir_template, tmp_path)
+    before = _snapshot(work)
+    tmp = work.parent / "tmp"
+    process = subprocess.Popen(
+        [COMMAND, *_export("--saved-model", "old_saved_model")]
+        + ["--tflite", "new.tflite", "--seq-len", "2"],
+        cwd=work,
+        env=dict(os.environ, TMPDIR=str(tmp)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not os.listdir(tmp) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # Ctrl-C while converting, again if it goes unheard: Python drops a
+    # KeyboardInterrupt raised inside a garbage-collection callback.
+    while process.poll() is None:
+        assert time.monotonic() < deadline
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+    stderr = process.stderr.read()
+    assert process.returncode == 130, stderr
+    assert _own_lines(stderr) == ["keras-encoder: interrupted"]
+    assert _snapshot(work) == before
+    assert os.listdir(tmp) == []
