@@ -36,15 +36,15 @@ except ImportError:  # pragma: no cover - older or reorganised Keras.
 
 
 # Masked scores are replaced by a fill below the row's smallest score:
-# `min + min(min, 0) - 128`, at least 128 below every score of the row. So
+# `min + min(min, 0) - 128`, at least 128 below every score of the row, so
 # exp(fill - max) <= exp(-128) underflows to exactly 0 in float32: masked
-# keys get exactly zero weight (and zero gradient) before the final `where`,
-# for real scores of any magnitude (doubling a negative minimum moves it by
-# far more than its rounding, where `min - 128` alone rounds back to `min`
-# beyond about 2^33). The fill stays within 128 (plus the row's own spread)
-# of the real scores, so int8 calibration keeps their resolution; a
-# constant like -1e9 would stretch the range until every real score
-# quantizes to one level (uniform attention).
+# keys get exactly zero weight (and zero gradient) before the final
+# `where`, for real scores of any magnitude (doubling a negative minimum
+# moves it far more than its rounding; `min - 128` alone rounds back onto
+# the minimum beyond about 2^33). The fill stays within 128 plus the
+# row's own low end of the real scores, so int8 calibration keeps their
+# resolution; a constant like -1e9 would stretch the range until every
+# real score quantizes to one level (uniform attention).
 _FILL_MARGIN = 128.0
 
 
@@ -166,8 +166,21 @@ def padding_mask(inputs, mask=None):
     return merged
 
 
-def zero_padded(inputs, padding):
-    """`inputs` with padded positions set to exactly 0.
+def padding_row(width):
+    """The (width,) float32 row that stands in for every padded position:
+    +1, -1, +1, ... (mean 0, variance 1, like a normalised token).
+
+    Not zeros: a zero row has zero variance, so a post-LN block's
+    LayerNorm would compute rsqrt(epsilon) (316 at 1e-5) there, and int8
+    calibration would stretch that tensor's range over it until real rows
+    lost their resolution (cosine 0.95 instead of 0.996 on a random
+    2-block encoder).
+    """
+    return np.where(np.arange(width) % 2 == 0, 1.0, -1.0).astype("float32")
+
+
+def replace_padded(inputs, padding):
+    """`inputs` with every padded position replaced by `padding_row`.
 
     Whatever sits in a padded slot (any magnitude, inf, NaN, or a float16
     overflow) then cannot reach a real position, not even as 0 * inf, and
@@ -175,7 +188,8 @@ def zero_padded(inputs, padding):
     """
     if padding is None:
         return inputs
-    return ops.where(ops.expand_dims(padding, -1), inputs, 0.0)
+    row = ops.cast(padding_row(inputs.shape[-1]), inputs.dtype)
+    return ops.where(ops.expand_dims(padding, -1), inputs, row)
 
 
 def causal_mask(length):

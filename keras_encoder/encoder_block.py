@@ -213,7 +213,7 @@ class EncoderBlock(keras.layers.Layer):
         )
         width = inputs.shape[-1]
         batch, length = masks.batch, masks.length
-        inputs = _masking.zero_padded(inputs, masks.padding)
+        inputs = _masking.replace_padded(inputs, masks.padding)
         # The whole block runs on 2-D rows: every projection is one MatMul.
         x = ops.reshape(inputs, (-1, width))  # (B * S, D)
         residual = x

@@ -182,7 +182,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         )
         width = inputs.shape[-1]
         batch, length = masks.batch, masks.length
-        inputs = _masking.zero_padded(inputs, masks.padding)
+        inputs = _masking.replace_padded(inputs, masks.padding)
         rows = ops.reshape(inputs, (-1, width))  # (B * S, D)
         outputs, scores = self._attend_rows(
             rows,

@@ -91,11 +91,12 @@ def encoder_block(
 
     8 attention weights, attention LN (gamma, beta), W1, b1, W2, b2,
     feed-forward LN (gamma, beta). Padded positions (`mask` False) enter
-    as zeros, whatever they hold.
+    as the row +1, -1, +1, ..., whatever they hold.
     """
     x = np.asarray(x, dtype=np.float64)
     if mask_kwargs.get("mask") is not None:
-        x = np.where(np.asarray(mask_kwargs["mask"], bool)[..., None], x, 0.0)
+        row = np.where(np.arange(x.shape[-1]) % 2 == 0, 1.0, -1.0)
+        x = np.where(np.asarray(mask_kwargs["mask"], bool)[..., None], x, row)
     attn_w = weights[:8]
     g1, be1, w1, b1, w2, b2, g2, be2 = (np.float64(w) for w in weights[8:])
     act = ACTIVATIONS[activation]

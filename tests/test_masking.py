@@ -152,7 +152,7 @@ def test_no_padding_leak_and_finite_gradients(case):
 
     # Padded slots hold any value; real outputs must not change, bit for
     # bit, from those of all-zero padding, and nothing is NaN or inf
-    # (padded outputs included: padded inputs are zeroed on entry).
+    # (padded outputs included: padded inputs are replaced on entry).
     if case["pad"] == "noise":
         pad = rng.normal(size=shape).astype("float32") * 1e3
     else:
