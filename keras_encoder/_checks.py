@@ -55,6 +55,20 @@ def optional_bool(name, value):
     return value
 
 
+def flash_attention(value, dropout_name, dropout):
+    """`flash_attention`: None, True or False; True needs no attention
+    dropout (`dropout_name` = `dropout`), which the fused kernel lacks."""
+    value = optional_bool("flash_attention", value)
+    if value and dropout > 0:
+        raise ValueError(
+            "Received an invalid value for argument `flash_attention`: the "
+            "fused kernel cannot apply attention dropout, so "
+            f"flash_attention=True needs {dropout_name}=0. Received: "
+            f"flash_attention=True, {dropout_name}={dropout}"
+        )
+    return value
+
+
 def activation(value):
     try:
         fn = keras.activations.get(value)

@@ -192,6 +192,23 @@ def replace_padded(inputs, padding):
     return ops.where(ops.expand_dims(padding, -1), inputs, row)
 
 
+def prepare_call(
+    inputs, num_heads, mask=None, attention_mask=None, use_causal_mask=False
+):
+    """The prologue of an attention layer's call: validate the inputs and
+    masks, collect the masks, replace padded positions.
+
+    Returns:
+        `(inputs, masks)`: the inputs with padded positions replaced by
+        `padding_row`, and the call's `AttentionMask`.
+    """
+    check_call(inputs, num_heads, mask, attention_mask)
+    masks = AttentionMask.for_call(
+        inputs, mask, attention_mask, use_causal_mask
+    )
+    return replace_padded(inputs, masks.padding), masks
+
+
 def causal_mask(length):
     """(S, S) boolean lower-triangular mask: True where key <= query."""
     positions = ops.arange(length)

@@ -112,16 +112,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.flash_attention = _checks.optional_bool(
-            "flash_attention", flash_attention
+        self.flash_attention = _checks.flash_attention(
+            flash_attention, "dropout", self.dropout
         )
-        if self.flash_attention and self.dropout > 0:
-            raise ValueError(
-                "Received an invalid value for argument `flash_attention`: "
-                "the fused kernel cannot apply attention dropout, so "
-                "flash_attention=True needs dropout=0. Received: "
-                f"flash_attention=True, dropout={self.dropout}"
-            )
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -176,13 +169,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
     ):
-        _masking.check_call(inputs, self.num_heads, mask, attention_mask)
-        masks = _masking.AttentionMask.for_call(
-            inputs, mask, attention_mask, use_causal_mask
+        inputs, masks = _masking.prepare_call(
+            inputs, self.num_heads, mask, attention_mask, use_causal_mask
         )
         width = inputs.shape[-1]
         batch, length = masks.batch, masks.length
-        inputs = _masking.replace_padded(inputs, masks.padding)
         rows = ops.reshape(inputs, (-1, width))  # (B * S, D)
         outputs, scores = self._attend_rows(
             rows,
