@@ -270,13 +270,6 @@ class AttentionMask:
             causal=bool(use_causal_mask),
         )
 
-    @property
-    def is_empty(self):
-        """True when nothing is masked."""
-        return (
-            self.padding is None and self.pairwise is None and not (self.causal)
-        )
-
     def with_pairwise(self, extra):
         """A copy with `extra` ((B or 1, 1 or H, S, S), boolean) ANDed in.
 
