@@ -21,9 +21,9 @@ def _memory():
 
 @pytest.mark.parametrize("train,limit_mib", [(False, 1024), (True, 3072)])
 def test_seq_4096_fits_documented_budget(train, limit_mib):
-    """Width 256, 4 heads, batch 1: one (1, 4, 4096, 4096) float32 tensor is
-    256 MiB; the README documents about 330 MiB for a forward pass and 1.4
-    GiB for a training step per block."""
+    """TensorFlow, width 256, 4 heads, batch 1: one (1, 4, 4096, 4096)
+    float32 tensor is 256 MiB; the README documents about 300 MiB for a
+    forward pass and 1.1 GiB for a training step per block."""
     result = _memory().measure(4096, batch=1, train=train)
     assert result["finite"]
     assert result["growth_mib"] < limit_mib, result
