@@ -87,10 +87,8 @@ def fused(query, key, value, mask, *, scale):
             )
             kernel_mask = ops.expand_dims(ops.expand_dims(keys, 1), 1)
             if backend.backend() == "jax":
-                length = ops.shape(query)[1]
-                batch = ops.shape(query)[0]
                 kernel_mask = ops.broadcast_to(
-                    kernel_mask, (batch, 1, length, length)
+                    kernel_mask, (mask.batch, 1, mask.length, mask.length)
                 )
             keep = ops.expand_dims(ops.expand_dims(pad, 2), 3)
     else:

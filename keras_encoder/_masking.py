@@ -117,6 +117,16 @@ def _padding_sources(inputs, mask):
     return sources
 
 
+def first_padding_mask(inputs, mask=None):
+    """The explicit `mask`, else the implicit Keras mask, else None.
+
+    A (B, S) tensor that stacked layers share, so reading the sequence
+    shape from it lets a graph compute that shape once for all of them.
+    """
+    sources = _padding_sources(inputs, mask)
+    return sources[0] if sources else None
+
+
 def check_padding_masks(inputs, mask=None):
     """Validate (B, S) inputs' padding masks: explicit and implicit."""
     batch, length = inputs.shape[0], inputs.shape[1]

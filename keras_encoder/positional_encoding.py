@@ -122,11 +122,8 @@ class PositionalEncoding(keras.layers.Layer):
         # S from the padding mask when there is one: the blocks after this
         # layer read it there too, so a graph computes it once.
         _masking.check_padding_masks(inputs, mask)
-        source = _masking.as_mask(mask)
-        if source is None:
-            source = _masking._get_keras_mask(inputs)
-        if source is None:
-            source = inputs
+        source = _masking.first_padding_mask(inputs, mask)
+        source = inputs if source is None else source
         length, width = ops.shape(source)[1], inputs.shape[-1]
         table = ops.convert_to_tensor(
             self.position_embeddings

@@ -51,6 +51,76 @@ def to_numpy(x):
     return keras.ops.convert_to_numpy(x)
 
 
+def value_and_gradients(layer, x, loss_mask=None, **kwargs):
+    """Output and d(loss)/d(inputs and trainable weights), where the loss is
+    the sum of squared outputs at the positions where `loss_mask` is True
+    (all by default). TensorFlow, JAX and torch backends."""
+    if not layer.built:
+        layer.build(x.shape)
+
+    def loss_of(out):
+        squares = keras.ops.square(keras.ops.cast(out, "float32"))
+        if loss_mask is not None:
+            keep = keras.ops.expand_dims(loss_mask, -1)
+            squares = keras.ops.where(keep, squares, 0.0)
+        return keras.ops.sum(squares)
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        frozen = [v.value for v in layer.non_trainable_variables]
+
+        def forward(inputs, weights):
+            out, _ = layer.stateless_call(weights, frozen, inputs, **kwargs)
+            return loss_of(out), out
+
+        (_, out), (dx, dw) = jax.value_and_grad(
+            forward, argnums=(0, 1), has_aux=True
+        )(x, trainable)
+        return out, [dx, *dw]
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        if loss_mask is not None:
+            loss_mask = torch.as_tensor(loss_mask)
+        out = layer(x, **kwargs)
+        weights = [w.value for w in layer.trainable_weights]
+        grads = torch.autograd.grad(
+            loss_of(out), [x, *weights], allow_unused=True
+        )
+        grads = [
+            torch.zeros_like(w) if g is None else g
+            for g, w in zip(grads, [x, *weights], strict=True)
+        ]
+        return out.detach(), grads
+
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = layer(x, **kwargs)
+        loss = loss_of(out)
+    weights = [w.value for w in layer.trainable_weights]  # tf.Variables
+    grads = tape.gradient(
+        loss, [x, *weights], unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return out, grads
+
+
+def all_finite(*tensors):
+    """Whether every tensor (any backend, any float dtype) is finite."""
+    return all(
+        np.isfinite(
+            keras.ops.convert_to_numpy(keras.ops.cast(t, "float32"))
+        ).all()
+        for t in tensors
+    )
+
+
 def padding_mask(lengths, length):
     return np.arange(length)[None, :] < np.asarray(lengths)[:, None]
 
@@ -58,10 +128,6 @@ def padding_mask(lengths, length):
 def _outputs(layer, x):
     out = layer(x)
     return out[0] if isinstance(out, tuple) else out
-
-
-def _numpy_outputs(layer, x):
-    return to_numpy(_outputs(layer, x))
 
 
 def run_layer_test(cls, init_kwargs, width=16, tmp_path=None):

@@ -21,7 +21,7 @@ from tests.helpers import attention_weights
 from tests.helpers import padding_mask
 from tests.helpers import randomize_weights
 from tests.helpers import to_numpy
-from tests.test_masking import _value_and_gradients
+from tests.helpers import value_and_gradients
 
 FUSED_BACKEND = keras.backend.backend() in ("jax", "torch")
 needs_fused = pytest.mark.skipif(
@@ -95,8 +95,8 @@ def test_paths_agree_on_outputs_and_gradients(case):
     x = _inputs()
     kwargs = MASKS[case]
     fused, explicit = _pair(MultiHeadSelfAttention, x, num_heads=H)
-    out_f, grads_f = _value_and_gradients(fused, x, **kwargs)
-    out_e, grads_e = _value_and_gradients(explicit, x, **kwargs)
+    out_f, grads_f = value_and_gradients(fused, x, **kwargs)
+    out_e, grads_e = value_and_gradients(explicit, x, **kwargs)
     np.testing.assert_allclose(
         to_numpy(out_f), to_numpy(out_e), atol=1e-5, rtol=1e-5
     )
@@ -152,8 +152,8 @@ def test_paths_agree_in_half_precision(case, policy):
     x = _inputs(2)
     kwargs = MASKS[case]
     fused, explicit = _pair(MultiHeadSelfAttention, x, num_heads=H)
-    out_f, grads_f = _value_and_gradients(fused, x, **kwargs)
-    out_e, _ = _value_and_gradients(explicit, x, **kwargs)
+    out_f, grads_f = value_and_gradients(fused, x, **kwargs)
+    out_e, _ = value_and_gradients(explicit, x, **kwargs)
     out_f = to_numpy(keras.ops.cast(out_f, "float32"))
     out_e = to_numpy(keras.ops.cast(out_e, "float32"))
     assert np.isfinite(out_f).all()
