@@ -1,5 +1,8 @@
 """Serializable Keras 3 layers for the Transformer encoder."""
 
+# First: in the `keras-encoder` command, holds what TensorFlow prints while
+# it is imported (see _startup).
+from keras_encoder import _startup  # noqa: F401
 from keras_encoder import convert
 from keras_encoder import export
 from keras_encoder.encoder_block import EncoderBlock

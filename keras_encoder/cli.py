@@ -25,6 +25,7 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_encoder import _startup
 from keras_encoder import export
 
 USAGE_ERROR = 2
@@ -438,9 +439,12 @@ def _parser():
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    # What TensorFlow printed while it was imported (see _startup): passed
+    # on unless the command fails with its own one line.
+    import_log = _startup.take()
     try:
-        return args.run(args)
+        args = _parser().parse_args(argv)
+        code = args.run(args)
     except UsageError as error:
         print(f"keras-encoder: error: {error}", file=sys.stderr)
         return USAGE_ERROR
@@ -450,6 +454,21 @@ def main(argv=None):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("keras-encoder: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except SystemExit as exit:  # argparse: --help, or a usage error
+        if exit.code in (0, None):
+            _pass_on(import_log)
+        raise
+    except BaseException:
+        _pass_on(import_log)
+        raise
+    _pass_on(import_log)
+    return code
+
+
+def _pass_on(text):
+    if text:
+        sys.stderr.flush()
+        os.write(2, text)
 
 
 if __name__ == "__main__":
