@@ -46,6 +46,8 @@ def materialized(
     scores = ops.einsum(
         "bqhd,bkhd->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32")
     )  # (B, H, S, S)
+    if mask.bias is not None:
+        scores = scores + ops.cast(mask.bias, "float32")
     if mask.padding is not None and mask.pairwise is None and not mask.causal:
         # Padding only: keys and query rows apart, no (B, 1, S, S) mask.
         pad = ops.expand_dims(mask.padding, 1)  # (B, 1, S)
@@ -72,13 +74,31 @@ def fused(query, key, value, mask, *, scale):
     (B, 1, S, S) on JAX, whose cuDNN kernel needs the full query axis), and
     a causal-only mask as `is_causal`.
 
+    An `attention_bias` goes to the kernel as its `bias`, with the masks
+    merged into it as -inf (torch's kernel takes a bias or a mask, not
+    both); every row keeps at least one finite entry, so -inf only ever
+    gives exactly zero weight.
+
     Args and returns as `materialized`, without probabilities: the
     (B, S, H, Dv) context.
     """
     kernel_mask = None
+    kernel_bias = None
     keep = None  # (B, S, 1 or H, 1): False for query rows that attend nothing
     is_causal = False
-    if mask.pairwise is None and not (mask.causal and mask.padding is not None):
+    if mask.bias is not None:
+        kernel_bias = ops.cast(
+            mask.bias, backend.standardize_dtype(query.dtype)
+        )
+        dense = mask.dense()
+        if dense is not None:
+            attends = ops.any(dense, axis=-1, keepdims=True)
+            allowed = ops.logical_or(dense, ops.logical_not(attends))
+            kernel_bias = ops.where(allowed, kernel_bias, float("-inf"))
+            keep = ops.transpose(attends, (0, 2, 1, 3))
+    elif mask.pairwise is None and not (
+        mask.causal and mask.padding is not None
+    ):
         is_causal = mask.causal
         if mask.padding is not None:
             pad = mask.padding  # (B, S)
@@ -100,6 +120,7 @@ def fused(query, key, value, mask, *, scale):
         query,
         key,
         value,
+        bias=kernel_bias,
         mask=kernel_mask,
         scale=scale,
         is_causal=is_causal,

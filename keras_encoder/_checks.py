@@ -49,6 +49,36 @@ def positive_float(name, value):
     return float(value)
 
 
+def fraction(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0.0 < value <= 1.0
+    ):
+        raise invalid(name, "a float in (0, 1]", value)
+    return float(value)
+
+
+def rotary_max_wavelength(value):
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 1.0 < value < float("inf")
+    ):
+        raise invalid(
+            "rotary_max_wavelength", "None or a finite float > 1", value
+        )
+    return float(value)
+
+
+def choice(name, value, choices):
+    if value not in choices:
+        raise invalid(name, f"one of {choices}", value)
+    return value
+
+
 def optional_bool(name, value):
     if value is not None and not isinstance(value, bool):
         raise invalid(name, "None, True or False", value)

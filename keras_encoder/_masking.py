@@ -8,7 +8,12 @@ means "may attend" / "is a real token". All sources combine with logical AND:
 - an explicit `mask=` call argument, shape (B, S);
 - an explicit `attention_mask=`, shape (B, S, S) or (B, H, S, S) where H is
   the number of heads or 1;
-- `use_causal_mask=True`: position i attends to positions j <= i.
+- `use_causal_mask=True`: position i attends to positions j <= i;
+- a layer's `sliding_window=w`: position i attends to j with |i - j| < w.
+
+An additive `attention_bias` (ALiBi, relative positions) is not a mask:
+it shifts the scores of the keys a query may attend to, and masks override
+it.
 
 A padding mask hides padded keys from every query and marks padded queries
 as fully masked. Masked scores are replaced with `where` (never an additive
@@ -140,11 +145,15 @@ def check_padding_masks(inputs, mask=None):
         _check_dims("mask", m.shape, (batch, length))
 
 
-def check_call(inputs, num_heads, mask=None, attention_mask=None):
+def check_call(
+    inputs, num_heads, mask=None, attention_mask=None, attention_bias=None
+):
     """Validate a layer call's inputs and masks against the contract."""
     check_inputs(inputs)
     check_padding_masks(inputs, mask)
     batch, length = inputs.shape[0], inputs.shape[1]
+    if attention_bias is not None:
+        _check_bias(attention_bias, batch, num_heads, length)
     attention_mask = as_mask(attention_mask)
     if attention_mask is None:
         return
@@ -162,6 +171,34 @@ def check_call(inputs, num_heads, mask=None, attention_mask=None):
         attention_mask.shape,
         ((batch, 1), *heads, length, length),
     )
+
+
+def _check_bias(bias, batch, num_heads, length):
+    bias = as_mask(bias)
+    rank = len(bias.shape)
+    if rank not in (2, 3, 4):
+        raise ValueError(
+            "Expected `attention_bias` broadcastable to (batch, num_heads, "
+            "S, S), of rank 2 to 4. Received: "
+            f"attention_bias.shape={tuple(bias.shape)}"
+        )
+    if "float" not in _dtype_name(bias):
+        raise TypeError(
+            "`attention_bias` must be floating-point (it is added to the "
+            f"scores). Received: attention_bias.dtype={_dtype_name(bias)}"
+        )
+    expected = ((batch, 1), (num_heads, 1), (length, 1), (length, 1))
+    _check_dims("attention_bias", bias.shape, expected[4 - rank :])
+
+
+def bias_4d(bias):
+    """`attention_bias` as a rank-4 tensor, or None."""
+    bias = as_mask(bias)
+    if bias is None:
+        return None
+    while len(bias.shape) < 4:
+        bias = ops.expand_dims(bias, 0)
+    return bias
 
 
 def padding_mask(inputs, mask=None):
@@ -203,7 +240,12 @@ def replace_padded(inputs, padding):
 
 
 def prepare_call(
-    inputs, num_heads, mask=None, attention_mask=None, use_causal_mask=False
+    inputs,
+    num_heads,
+    mask=None,
+    attention_mask=None,
+    use_causal_mask=False,
+    attention_bias=None,
 ):
     """The prologue of an attention layer's call: validate the inputs and
     masks, collect the masks, replace padded positions.
@@ -212,9 +254,9 @@ def prepare_call(
         `(inputs, masks)`: the inputs with padded positions replaced by
         `padding_row`, and the call's `AttentionMask`.
     """
-    check_call(inputs, num_heads, mask, attention_mask)
+    check_call(inputs, num_heads, mask, attention_mask, attention_bias)
     masks = AttentionMask.for_call(
-        inputs, mask, attention_mask, use_causal_mask
+        inputs, mask, attention_mask, use_causal_mask, attention_bias
     )
     return replace_padded(inputs, masks.padding), masks
 
@@ -225,6 +267,18 @@ def causal_mask(length):
     return ops.greater_equal(
         ops.expand_dims(positions, 1), ops.expand_dims(positions, 0)
     )
+
+
+def band_mask(length, window):
+    """(1, 1, S, S) boolean sliding-window mask: True where
+    |query - key| < window (`keras.layers.MultiHeadAttention`'s
+    `sliding_window`)."""
+    positions = ops.arange(length)
+    distance = ops.abs(
+        ops.expand_dims(positions, 1) - ops.expand_dims(positions, 0)
+    )
+    band = ops.less(distance, window)
+    return ops.expand_dims(ops.expand_dims(band, 0), 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +301,9 @@ class AttentionMask:
         pairwise: (B, 1 or H, S, S) boolean mask, True where query i may
             attend to key j, or None.
         causal: bool, whether query i may only attend to keys j <= i.
+        bias: (B or 1, H or 1, S or 1, S or 1) float additive bias of the
+            scores (`attention_bias`), or None. Not a mask: the masks
+            override it.
     """
 
     batch: object
@@ -254,13 +311,19 @@ class AttentionMask:
     padding: object = None
     pairwise: object = None
     causal: bool = False
+    bias: object = None
 
     @classmethod
     def for_call(
-        cls, inputs, mask=None, attention_mask=None, use_causal_mask=False
+        cls,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        attention_bias=None,
     ):
         """Collect a layer call's masks: implicit, `mask`, `attention_mask`
-        and `use_causal_mask`."""
+        and `use_causal_mask`, and its `attention_bias`."""
         pairwise = None
         attention_mask = as_mask(attention_mask)
         if attention_mask is not None:
@@ -278,6 +341,7 @@ class AttentionMask:
             padding=padding,
             pairwise=pairwise,
             causal=bool(use_causal_mask),
+            bias=bias_4d(attention_bias),
         )
 
     def with_pairwise(self, extra):

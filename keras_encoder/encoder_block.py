@@ -6,6 +6,10 @@ from keras_encoder import _layers
 from keras_encoder import _masking
 from keras_encoder.multi_head_self_attention import MultiHeadSelfAttention
 
+FEEDFORWARDS = ("mlp", "geglu", "swiglu")
+DEFAULT_ACTIVATIONS = {"mlp": "relu", "geglu": "gelu", "swiglu": "silu"}
+NORMALIZATIONS = ("layer_norm", "rms_norm")
+
 
 @keras.saving.register_keras_serializable(package="keras_encoder")
 class EncoderBlock(keras.layers.Layer):
@@ -14,7 +18,8 @@ class EncoderBlock(keras.layers.Layer):
     Two sublayers, each with dropout on its output, a residual connection
     and layer normalisation: multi-head self-attention, then a position-wise
     feed-forward network `Dense(intermediate_dim, activation)` followed by
-    `Dense(width)`. By default normalisation comes after each residual sum
+    `Dense(width)` (or a gated one, GeGLU or SwiGLU, see `feedforward`).
+    By default normalisation comes after each residual sum
     (post-LN, as in Vaswani et al., 2017):
     `x = LayerNorm(x + Dropout(Sublayer(x)))`. With `norm_first=True` it
     comes before each sublayer (pre-LN, as in GPT-2 and
@@ -35,12 +40,14 @@ class EncoderBlock(keras.layers.Layer):
             Defaults to `0.0`.
         attention_dropout: float in [0, 1), dropout rate on the attention
             probabilities. Defaults to `0.0`.
-        activation: activation of the feed-forward network, a Keras
-            activation name (`"relu"`, `"gelu"` (exact), `"silu"`, ...) or
-            a callable. Defaults to `"relu"`.
+        activation: activation of the feed-forward network (of its gate
+            for a gated one), a Keras activation name (`"relu"`, `"gelu"`
+            (exact), `"silu"`, ...) or a callable. Defaults to `None`:
+            `"relu"` for `feedforward="mlp"`, `"gelu"` for `"geglu"`,
+            `"silu"` for `"swiglu"`.
         norm_first: bool, pre-LN when `True`, post-LN when `False`.
             Defaults to `False`.
-        layer_norm_epsilon: float, epsilon of both layer normalisations.
+        layer_norm_epsilon: float, epsilon of both normalisations.
             Defaults to `1e-5` (PyTorch's default).
         key_dim: int, size of each attention head. Defaults to `None`,
             meaning `width // num_heads`.
@@ -56,6 +63,26 @@ class EncoderBlock(keras.layers.Layer):
             `MultiHeadSelfAttention`. `None` uses it on the JAX and torch
             backends whenever the scores are not requested and attention
             dropout is inactive. Defaults to `None`.
+        feedforward: `"mlp"`, `"geglu"` or `"swiglu"`. `"mlp"` is
+            `Dense(width)(activation(Dense(intermediate_dim)(x)))`; the
+            gated forms (Shazeer, 2020) project to `2 * intermediate_dim`
+            at once, split that into `(h, gate)` (in this order, as
+            ModernBERT's `Wi`) and compute
+            `Dense(width)(activation(h) * gate)`. Defaults to `"mlp"`.
+        normalization: `"layer_norm"` or `"rms_norm"`
+            (`keras.layers.RMSNormalization`: no centring, no bias).
+            Defaults to `"layer_norm"`.
+        norm_bias: bool, whether layer normalisations have a bias (beta).
+            Defaults to `None`, meaning `use_bias`: a bias-free block
+            (`use_bias=False`, as ModernBERT) has bias-free norms too.
+        attention_norm: bool, whether the attention sublayer has its
+            normalisation. `False` drops it, as in ModernBERT's first
+            layer, whose input is the (already normalised) embeddings.
+            Defaults to `True`.
+        rotary_max_wavelength, rotary_fraction, sliding_window: rotary
+            position embeddings and local attention in the self-attention,
+            see `MultiHeadSelfAttention`. Default to `None`, `1.0` and
+            `None` (none).
         **kwargs: base layer arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -67,6 +94,9 @@ class EncoderBlock(keras.layers.Layer):
             to key j.
         use_causal_mask: bool, whether query i may only attend to keys
             j <= i. Defaults to `False`.
+        attention_bias: optional float tensor broadcastable to
+            (B, num_heads, S, S), added to the attention scores (e.g. from
+            `AlibiBias`); masks override it.
         return_attention_scores: bool, whether to also return the attention
             probabilities. Defaults to `False`.
         training: bool, whether dropout is active.
@@ -87,9 +117,29 @@ class EncoderBlock(keras.layers.Layer):
     >>> tuple(model.output.shape)
     (None, 2)
 
+    A 2024-style block (ModernBERT's local layers): pre-LN, bias-free,
+    GeGLU, rotary positions, a 128-token window:
+
+    >>> block = EncoderBlock(
+    ...     num_heads=4,
+    ...     intermediate_dim=96,
+    ...     norm_first=True,
+    ...     use_bias=False,
+    ...     feedforward="geglu",
+    ...     rotary_max_wavelength=10000.0,
+    ...     sliding_window=65,
+    ... )
+    >>> tuple(block(np.ones((2, 200, 64), "float32")).shape)
+    (2, 200, 64)
+
     References:
         - [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762)
         - [Xiong et al., 2020](https://arxiv.org/abs/2002.04745) (pre-LN)
+        - [Shazeer, 2020](https://arxiv.org/abs/2002.05202) (GLU variants)
+        - [Zhang and Sennrich, 2019](https://arxiv.org/abs/1910.07467)
+          (RMSNorm)
+        - [Warner et al., 2024](https://arxiv.org/abs/2412.13663)
+          (ModernBERT)
     """
 
     def __init__(
@@ -98,7 +148,7 @@ class EncoderBlock(keras.layers.Layer):
         intermediate_dim,
         dropout=0.0,
         attention_dropout=0.0,
-        activation="relu",
+        activation=None,
         norm_first=False,
         layer_norm_epsilon=1e-5,
         key_dim=None,
@@ -106,6 +156,13 @@ class EncoderBlock(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         flash_attention=None,
+        feedforward="mlp",
+        normalization="layer_norm",
+        norm_bias=None,
+        attention_norm=True,
+        rotary_max_wavelength=None,
+        rotary_fraction=1.0,
+        sliding_window=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -117,19 +174,71 @@ class EncoderBlock(keras.layers.Layer):
         self.attention_dropout = _checks.rate(
             "attention_dropout", attention_dropout
         )
+        self.feedforward = _checks.choice(
+            "feedforward", feedforward, FEEDFORWARDS
+        )
+        if activation is None:
+            activation = DEFAULT_ACTIVATIONS[self.feedforward]
         self.activation = _checks.activation(activation)
+        self.normalization = _checks.choice(
+            "normalization", normalization, NORMALIZATIONS
+        )
         self.norm_first = bool(norm_first)
         self.layer_norm_epsilon = _checks.positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
         self.key_dim = _checks.positive_int("key_dim", key_dim, True)
         self.use_bias = bool(use_bias)
+        norm_bias = _checks.optional_bool("norm_bias", norm_bias)
+        self.norm_bias = self.use_bias if norm_bias is None else norm_bias
+        if self.normalization == "rms_norm" and self.norm_bias:
+            if norm_bias:
+                raise ValueError(
+                    "Received an invalid value for argument `norm_bias`: "
+                    'normalization="rms_norm" has no bias. Received: '
+                    "norm_bias=True"
+                )
+            self.norm_bias = False
+        self.attention_norm = bool(attention_norm)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.flash_attention = _checks.flash_attention(
             flash_attention, "attention_dropout", self.attention_dropout
         )
+        self.rotary_max_wavelength = _checks.rotary_max_wavelength(
+            rotary_max_wavelength
+        )
+        self.rotary_fraction = _checks.fraction(
+            "rotary_fraction", rotary_fraction
+        )
+        self.sliding_window = _checks.positive_int(
+            "sliding_window", sliding_window, True
+        )
         self.supports_masking = True
+
+    @classmethod
+    def from_config(cls, config):
+        # Saved before `norm_bias` existed: norms always had a bias then.
+        config = dict(config)
+        config.setdefault("norm_bias", True)
+        return super().from_config(config)
+
+    def _norm(self, name, input_shape):
+        if self.normalization == "rms_norm":
+            norm = keras.layers.RMSNormalization(
+                epsilon=self.layer_norm_epsilon,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+        else:
+            norm = keras.layers.LayerNormalization(
+                epsilon=self.layer_norm_epsilon,
+                center=self.norm_bias,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+        norm.build(input_shape)
+        return norm
 
     def build(self, input_shape):
         width = input_shape[-1]
@@ -152,23 +261,27 @@ class EncoderBlock(keras.layers.Layer):
             key_dim=self.key_dim,
             dropout=self.attention_dropout,
             flash_attention=self.flash_attention,
+            rotary_max_wavelength=self.rotary_max_wavelength,
+            rotary_fraction=self.rotary_fraction,
+            sliding_window=self.sliding_window,
             name="self_attention",
             **common,
         )
         self.attention.build(input_shape)
-        self.attention_layer_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            dtype=dtype,
-            name="self_attention_layer_norm",
-        )
-        self.attention_layer_norm.build(input_shape)
+        self.attention_layer_norm = None
+        if self.attention_norm:
+            self.attention_layer_norm = self._norm(
+                "self_attention_layer_norm", input_shape
+            )
         self.attention_output_dropout = keras.layers.Dropout(
             self.dropout, dtype=dtype, name="self_attention_dropout"
         )
-        # Feed-forward sublayer.
+        # Feed-forward sublayer. A gated one projects to (h, gate) at once,
+        # and applies the activation itself, after the split.
+        gated = self.feedforward != "mlp"
         self.intermediate_dense = _layers.dense(
-            self.intermediate_dim,
-            activation=self.activation,
+            self.intermediate_dim * (2 if gated else 1),
+            activation=None if gated else self.activation,
             name="feedforward_intermediate_dense",
             **common,
         )
@@ -178,12 +291,9 @@ class EncoderBlock(keras.layers.Layer):
             width, name="feedforward_output_dense", **common
         )
         self.output_dense.build((None, self.intermediate_dim))
-        self.feedforward_layer_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            dtype=dtype,
-            name="feedforward_layer_norm",
+        self.feedforward_layer_norm = self._norm(
+            "feedforward_layer_norm", input_shape
         )
-        self.feedforward_layer_norm.build(input_shape)
         self.feedforward_output_dropout = keras.layers.Dropout(
             self.dropout, dtype=dtype, name="feedforward_dropout"
         )
@@ -196,18 +306,24 @@ class EncoderBlock(keras.layers.Layer):
         mask=None,
         attention_mask=None,
         use_causal_mask=False,
+        attention_bias=None,
         return_attention_scores=False,
         training=None,
     ):
         inputs, masks = _masking.prepare_call(
-            inputs, self.num_heads, mask, attention_mask, use_causal_mask
+            inputs,
+            self.num_heads,
+            mask,
+            attention_mask,
+            use_causal_mask,
+            attention_bias,
         )
         width = inputs.shape[-1]
         batch, length = masks.batch, masks.length
         # The whole block runs on 2-D rows: every projection is one MatMul.
         x = ops.reshape(inputs, (-1, width))  # (B * S, D)
         residual = x
-        if self.norm_first:
+        if self.norm_first and self.attention_layer_norm is not None:
             x = self.attention_layer_norm(x)
         x, scores = self.attention._attend_rows(
             x,
@@ -217,13 +333,17 @@ class EncoderBlock(keras.layers.Layer):
             return_attention_scores=return_attention_scores,
         )
         x = residual + self.attention_output_dropout(x, training=training)
-        if not self.norm_first:
+        if not self.norm_first and self.attention_layer_norm is not None:
             x = self.attention_layer_norm(x)
 
         residual = x
         if self.norm_first:
             x = self.feedforward_layer_norm(x)
-        x = self.output_dense(self.intermediate_dense(x))
+        x = self.intermediate_dense(x)
+        if self.feedforward != "mlp":
+            h, gate = ops.split(x, 2, axis=-1)
+            x = self.activation(h) * gate
+        x = self.output_dense(x)
         x = residual + self.feedforward_output_dropout(x, training=training)
         if not self.norm_first:
             x = self.feedforward_layer_norm(x)
@@ -245,6 +365,7 @@ class EncoderBlock(keras.layers.Layer):
         mask=None,
         attention_mask=None,
         use_causal_mask=False,
+        attention_bias=None,
         return_attention_scores=False,
         training=None,
     ):
@@ -253,6 +374,7 @@ class EncoderBlock(keras.layers.Layer):
             mask=mask,
             attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,
+            attention_bias=attention_bias,
             return_attention_scores=return_attention_scores,
         )
 
@@ -276,6 +398,13 @@ class EncoderBlock(keras.layers.Layer):
                     self.bias_initializer
                 ),
                 "flash_attention": self.flash_attention,
+                "feedforward": self.feedforward,
+                "normalization": self.normalization,
+                "norm_bias": self.norm_bias,
+                "attention_norm": self.attention_norm,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "rotary_fraction": self.rotary_fraction,
+                "sliding_window": self.sliding_window,
             }
         )
         return config

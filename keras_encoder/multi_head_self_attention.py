@@ -7,6 +7,7 @@ from keras_encoder import _attention
 from keras_encoder import _checks
 from keras_encoder import _layers
 from keras_encoder import _masking
+from keras_encoder import _rotary
 
 
 @keras.saving.register_keras_serializable(package="keras_encoder")
@@ -61,6 +62,21 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             `value_dim` unlike `key_dim`). `False`
             never uses it. Both paths keep the masking contract and agree
             within float rounding. Defaults to `None`.
+        rotary_max_wavelength: `None`, or a float > 1: the base of rotary
+            position embeddings (RoPE) applied to queries and keys of every
+            head after their projections, in Hugging Face's rotate-half
+            convention (10000 in RoFormer and Llama; ModernBERT uses 160000
+            in global and 10000 in local layers). `None` (the default)
+            applies none: positions then come from the inputs, e.g. a
+            `PositionalEncoding`.
+        rotary_fraction: float in (0, 1], the fraction of each head's
+            features that rotate (the rest pass unrotated, as GPT-NeoX's
+            `rotary_pct`); the rotated count is rounded down to an even
+            number, at least 2. Defaults to `1.0`.
+        sliding_window: `None` or a positive int: local attention, as in
+            `keras.layers.MultiHeadAttention`: query i attends only to keys
+            j with `|i - j| < sliding_window` (a symmetric band), ANDed with
+            every other mask. `None` (the default) attends globally.
         **kwargs: base layer arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -72,6 +88,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             True where query i may attend to key j.
         use_causal_mask: bool, whether query i may only attend to keys
             j <= i. Defaults to `False`.
+        attention_bias: optional float tensor broadcastable to
+            (B, num_heads, S, S) of rank 2 to 4, e.g. from `AlibiBias`:
+            added to the scaled scores before the softmax. Masks override
+            it: a masked key gets zero weight whatever its bias. It must
+            be finite.
         return_attention_scores: bool, whether to also return the attention
             probabilities. Defaults to `False`.
         training: bool, whether dropout is active.
@@ -88,8 +109,18 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     >>> tuple(layer(x, mask=mask).shape)
     (2, 10, 32)
 
+    With rotary positions and a sliding window (as a ModernBERT local
+    layer):
+
+    >>> local = MultiHeadSelfAttention(
+    ...     num_heads=4, rotary_max_wavelength=10000.0, sliding_window=65
+    ... )
+    >>> tuple(local(x, mask=mask).shape)
+    (2, 10, 32)
+
     References:
         - [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762)
+        - [Su et al., 2021](https://arxiv.org/abs/2104.09864) (RoPE)
     """
 
     def __init__(
@@ -102,6 +133,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         flash_attention=None,
+        rotary_max_wavelength=None,
+        rotary_fraction=1.0,
+        sliding_window=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -114,6 +148,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.flash_attention = _checks.flash_attention(
             flash_attention, "dropout", self.dropout
+        )
+        self.rotary_max_wavelength = _checks.rotary_max_wavelength(
+            rotary_max_wavelength
+        )
+        self.rotary_fraction = _checks.fraction(
+            "rotary_fraction", rotary_fraction
+        )
+        self.sliding_window = _checks.positive_int(
+            "sliding_window", sliding_window, True
         )
         self.supports_masking = True
 
@@ -133,6 +176,20 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         self._head_key_dim = self.key_dim or width // self.num_heads
         self._head_value_dim = self.value_dim or self._head_key_dim
+        self._inv_freq = None
+        if self.rotary_max_wavelength is not None:
+            dim = _rotary.rotary_dim(self._head_key_dim, self.rotary_fraction)
+            if dim < 2:
+                raise ValueError(
+                    "Received an invalid value for argument "
+                    f"`rotary_fraction`: it leaves {dim} of the "
+                    f"{self._head_key_dim} features of a head to rotate "
+                    "(at least 2 are needed). Received: "
+                    f"rotary_fraction={self.rotary_fraction}"
+                )
+            self._inv_freq = _rotary.inverse_frequencies(
+                dim, self.rotary_max_wavelength
+            )
 
         def dense(units, name):
             return _layers.dense(
@@ -166,11 +223,17 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         mask=None,
         attention_mask=None,
         use_causal_mask=False,
+        attention_bias=None,
         return_attention_scores=False,
         training=None,
     ):
         inputs, masks = _masking.prepare_call(
-            inputs, self.num_heads, mask, attention_mask, use_causal_mask
+            inputs,
+            self.num_heads,
+            mask,
+            attention_mask,
+            use_causal_mask,
+            attention_bias,
         )
         width = inputs.shape[-1]
         batch, length = masks.batch, masks.length
@@ -200,7 +263,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         Every projection is then one 2-D MatMul. `EncoderBlock` calls this
         directly, so that its whole block stays on rows. `batch_and_length`
         is (B, S), needed to unflatten (a -1 cannot stand for B when S is
-        0). Returns `(outputs, scores)` as `_compute_attention` does.
+        0). Rotary positions and the sliding window apply here, before
+        `_compute_attention`. Returns `(outputs, scores)` as
+        `_compute_attention` does.
         """
         batch, length = batch_and_length
         heads = self.num_heads
@@ -212,6 +277,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         value = ops.reshape(
             self.value_dense(rows), (batch, length, heads, value_dim)
         )  # (B, S, H, Dv)
+        if self._inv_freq is not None:
+            cos, sin = _rotary.tables(length, self._inv_freq)
+            query = _rotary.rotate(query, cos, sin)
+            key = _rotary.rotate(key, cos, sin)
+        if self.sliding_window is not None:
+            attention_mask = attention_mask.with_pairwise(
+                _masking.band_mask(length, self.sliding_window)
+            )
         context, scores = self._compute_attention(
             query,
             key,
@@ -235,14 +308,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         """The attention core, the seam for position schemes and biases.
 
         Args:
-            query: (B, S, H, Dk) projected queries, not yet scaled.
+            query: (B, S, H, Dk) projected queries (rotated, with rotary
+                positions), not yet scaled.
             key: (B, S, H, Dk) projected keys.
             value: (B, S, H, Dv) projected values.
             attention_mask: an `AttentionMask` holding the call's padding
                 mask, pairwise mask and causal flag, kept apart so the
                 fused kernel gets its cheapest form; `.dense()` merges them
                 into one boolean (B, 1 or H, S, S) mask, and
-                `.with_pairwise(extra)` restricts attention further.
+                `.with_pairwise(extra)` restricts attention further. Its
+                `bias` is the call's additive `attention_bias` (or None).
             training: bool, whether attention dropout is active.
             return_attention_scores: bool, whether to return the
                 probabilities.
@@ -297,10 +372,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         mask=None,
         attention_mask=None,
         use_causal_mask=False,
+        attention_bias=None,
         return_attention_scores=False,
         training=None,
     ):
-        _masking.check_call(inputs, self.num_heads, mask, attention_mask)
+        _masking.check_call(
+            inputs, self.num_heads, mask, attention_mask, attention_bias
+        )
         outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
         if not return_attention_scores:
             return outputs
@@ -326,6 +404,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                     self.bias_initializer
                 ),
                 "flash_attention": self.flash_attention,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "rotary_fraction": self.rotary_fraction,
+                "sliding_window": self.sliding_window,
             }
         )
         return config

@@ -70,8 +70,13 @@ class SentencePooling(keras.layers.Layer):
             # 0 / 0.
             pooled = total / ops.maximum(count, 1.0)
         if self.normalize:
-            norm = ops.sqrt(ops.sum(ops.square(pooled), axis=-1, keepdims=True))
-            pooled = pooled / ops.maximum(norm, 1e-12)
+            # A zero vector stays 0 (sentence-transformers divides by
+            # max(norm, 1e-12)). No tiny constant: a float16 TFLite export
+            # stores 1e-12 as 0 and computed 0 / 0 = NaN; and no sqrt(0),
+            # whose gradient is inf.
+            squares = ops.sum(ops.square(pooled), axis=-1, keepdims=True)
+            positive = ops.greater(squares, 0.0)
+            pooled = pooled / ops.sqrt(ops.where(positive, squares, 1.0))
         return ops.cast(pooled, self.compute_dtype)
 
     def compute_mask(self, inputs, mask=None):

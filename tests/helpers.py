@@ -40,7 +40,7 @@ def randomize_weights(layer, seed=0, scale=0.5):
     layer.set_weights(
         [
             rng.normal(0.0, scale, w.shape).astype("float32")
-            + (1.0 if w.path.endswith("gamma") else 0.0)
+            + (1.0 if w.path.endswith(("gamma", "scale")) else 0.0)
             for w in layer.weights
         ]
     )
@@ -201,6 +201,7 @@ def run_layer_test(cls, init_kwargs, width=16, tmp_path=None):
 
 
 PUBLIC_LAYERS = (
+    keras_encoder.AlibiBias,
     keras_encoder.MultiHeadSelfAttention,
     keras_encoder.PositionalEncoding,
     keras_encoder.EncoderBlock,

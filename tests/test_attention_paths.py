@@ -124,6 +124,74 @@ def test_paths_agree_on_outputs_and_gradients(case):
     np.testing.assert_allclose(to_numpy(out_f), expected, atol=1e-5)
 
 
+_BIAS = _rng.normal(size=(1, H, S, S)).astype("float32")
+# (layer options, call arguments): positions, windows and biases with the
+# masks they meet in practice.
+POSITION_CASES = {
+    "rotary+padding": ({"rotary_max_wavelength": 50.0}, MASKS["padding"]),
+    "partial rotary+causal": (
+        {"rotary_max_wavelength": 50.0, "rotary_fraction": 0.5},
+        MASKS["causal"],
+    ),
+    "window+fully padded row": (
+        {"sliding_window": 2},
+        MASKS["fully padded row"],
+    ),
+    "window+(B,S,S)": ({"sliding_window": 3}, MASKS["(B,S,S)"]),
+    "bias": ({}, {"attention_bias": _BIAS}),
+    "bias+padding+causal": (
+        {},
+        {**MASKS["padding+causal"], "attention_bias": _BIAS},
+    ),
+    "(B,S,S) bias+empty rows": (
+        {},
+        {**MASKS["empty rows"], "attention_bias": _BIAS[0, :1] * 10.0},
+    ),
+    "ModernBERT local: rotary+window+padding": (
+        {"rotary_max_wavelength": 1e4, "sliding_window": 3},
+        MASKS["fully padded row"],
+    ),
+}
+
+
+@needs_fused
+@pytest.mark.parametrize("case", POSITION_CASES)
+def test_paths_agree_with_positions_windows_and_biases(case):
+    x = _inputs(2)
+    options, kwargs = POSITION_CASES[case]
+    fused, explicit = _pair(MultiHeadSelfAttention, x, num_heads=H, **options)
+    out_f, grads_f = value_and_gradients(fused, x, **kwargs)
+    out_e, grads_e = value_and_gradients(explicit, x, **kwargs)
+    np.testing.assert_allclose(
+        to_numpy(out_f), to_numpy(out_e), atol=1e-5, rtol=1e-5
+    )
+    names = ["inputs"] + [w.path for w in fused.trainable_weights]
+    for name, g_f, g_e in zip(names, grads_f, grads_e, strict=True):
+        if name.endswith("key/bias"):
+            continue  # zero by construction, as above
+        g_f, g_e = to_numpy(g_f), to_numpy(g_e)
+        assert np.isfinite(g_f).all()
+        np.testing.assert_allclose(g_f, g_e, atol=1e-5, rtol=1e-4, err_msg=name)
+    bias = kwargs.get("attention_bias")
+    if bias is not None and bias.ndim == 3:
+        bias = bias[:, None]
+    expected, _ = ref.attention(
+        x,
+        attention_weights(explicit),
+        H,
+        D,
+        D,
+        rotary_max_wavelength=options.get("rotary_max_wavelength"),
+        rotary_fraction=options.get("rotary_fraction", 1.0),
+        bias=bias,
+        mask=kwargs.get("mask"),
+        attention_mask=kwargs.get("attention_mask"),
+        causal=kwargs.get("use_causal_mask", False),
+        window=options.get("sliding_window"),
+    )
+    np.testing.assert_allclose(to_numpy(out_f), expected, atol=1e-5)
+
+
 @needs_fused
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("case", ["padding+causal", "(B,H,S,S)+padding"])

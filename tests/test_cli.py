@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 def model_file(tmp_path_factory):
     keras.utils.set_random_seed(0)
     ids = keras.Input((None,), dtype="int32", name="tokens")
-    x = keras.layers.Embedding(50, 64, mask_zero=True)(ids)
+    # Named: error messages below quote it, whatever ran before.
+    x = keras.layers.Embedding(50, 64, mask_zero=True, name="embedding")(ids)
     x = PositionalEncoding(12)(x)
     x = EncoderBlock(4, 128)(x)
     model = keras.Model(ids, keras.layers.GlobalAveragePooling1D()(x))

@@ -6,6 +6,7 @@ import keras
 import pytest
 
 import keras_encoder
+from keras_encoder import AlibiBias
 from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
@@ -13,6 +14,7 @@ from keras_encoder import SentencePooling
 from tests.helpers import PUBLIC_LAYERS
 
 REQUIRED = {
+    AlibiBias: {"num_heads": 2},
     MultiHeadSelfAttention: {"num_heads": 2},
     PositionalEncoding: {"max_length": 4},
     EncoderBlock: {"num_heads": 2, "intermediate_dim": 4},
@@ -23,6 +25,7 @@ REQUIRED = {
 def test_public_api():
     assert sorted(keras_encoder.__all__) == sorted(
         [
+            "AlibiBias",
             "EncoderBlock",
             "MultiHeadSelfAttention",
             "PositionalEncoding",
@@ -68,6 +71,14 @@ def test_non_default_config_round_trips(cls):
         "normalize": False,
         # True needs dropout 0 (tested below); False is also not the default.
         "flash_attention": False,
+        "rotary_max_wavelength": 500.0,
+        "rotary_fraction": 0.5,
+        "sliding_window": 3,
+        "feedforward": "geglu",
+        "normalization": "rms_norm",
+        "norm_bias": False,
+        "attention_norm": False,
+        "alibi_bias_max": 4.0,
     }
     params = inspect.signature(cls.__init__).parameters
     kwargs = {
@@ -148,10 +159,80 @@ BAD_ARGUMENTS = [
     ),
     (
         EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "activation": None},
+        {"num_heads": 2, "intermediate_dim": 4, "activation": 3},
         "activation",
         "a Keras activation name such as .relu. or .gelu., or a callable",
-        "None",
+        "3",
+    ),
+    (
+        MultiHeadSelfAttention,
+        {"num_heads": 2, "rotary_max_wavelength": 1.0},
+        "rotary_max_wavelength",
+        "None or a finite float > 1",
+        "1.0",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "rotary_max_wavelength": "x"},
+        "rotary_max_wavelength",
+        "None or a finite float > 1",
+        "'x'",
+    ),
+    (
+        MultiHeadSelfAttention,
+        {"num_heads": 2, "rotary_fraction": 0.0},
+        "rotary_fraction",
+        r"a float in \(0, 1\]",
+        "0.0",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "rotary_fraction": 1.5},
+        "rotary_fraction",
+        r"a float in \(0, 1\]",
+        "1.5",
+    ),
+    (
+        MultiHeadSelfAttention,
+        {"num_heads": 2, "sliding_window": 0},
+        "sliding_window",
+        "a positive integer",
+        "0",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "feedforward": "glu"},
+        "feedforward",
+        r"one of \('mlp', 'geglu', 'swiglu'\)",
+        "'glu'",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "normalization": "batch"},
+        "normalization",
+        r"one of \('layer_norm', 'rms_norm'\)",
+        "'batch'",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "norm_bias": 1},
+        "norm_bias",
+        "None, True or False",
+        "1",
+    ),
+    (
+        AlibiBias,
+        {"num_heads": 0},
+        "num_heads",
+        "a positive integer",
+        "0",
+    ),
+    (
+        AlibiBias,
+        {"num_heads": 4, "alibi_bias_max": -1},
+        "alibi_bias_max",
+        "a positive float",
+        "-1",
     ),
     (
         EncoderBlock,
@@ -237,3 +318,38 @@ def test_flash_attention_refuses_attention_dropout(cls, kwargs):
         r"(attention_)?dropout=0.1$",
     ):
         cls(**kwargs, flash_attention=True)
+
+
+def test_rms_norm_has_no_bias():
+    with pytest.raises(
+        ValueError,
+        match=r"argument `norm_bias`: normalization=\"rms_norm\" has no "
+        r"bias. Received: norm_bias=True$",
+    ):
+        EncoderBlock(2, 4, normalization="rms_norm", norm_bias=True)
+    # norm_bias=None (following use_bias=True) quietly means no bias.
+    assert not EncoderBlock(2, 4, normalization="rms_norm").norm_bias
+
+
+def test_rotary_needs_two_features_to_rotate():
+    layer = MultiHeadSelfAttention(
+        4, rotary_max_wavelength=1e4, rotary_fraction=0.25
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"`rotary_fraction`: it leaves 0 of the 4 features of a head "
+        r"to rotate \(at least 2 are needed\). Received: "
+        r"rotary_fraction=0.25$",
+    ):
+        layer.build((None, None, 16))
+
+
+def test_configs_from_before_norm_bias_keep_norm_biases():
+    """A block saved with use_bias=False before `norm_bias` existed had
+    norms with a bias: from_config keeps them, so its weights load."""
+    config = EncoderBlock(2, 4, use_bias=False).get_config()
+    del config["norm_bias"]
+    block = EncoderBlock.from_config(config)
+    block.build((None, None, 8))
+    assert block.attention_layer_norm.beta is not None
+    assert EncoderBlock(2, 4, use_bias=False).norm_bias is False

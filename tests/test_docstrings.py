@@ -13,6 +13,7 @@ MODULES = [
     "keras_encoder.multi_head_self_attention",
     "keras_encoder.encoder_block",
     "keras_encoder.positional_encoding",
+    "keras_encoder.alibi_bias",
 ]
 
 

@@ -51,6 +51,69 @@ def test_matches_numpy_reference(norm_first, activation, masks):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
+# The 2024-style options, alone and as ModernBERT combines them.
+OPTION_CASES = {
+    "geglu": {"feedforward": "geglu"},
+    "swiglu+rms_norm": {"feedforward": "swiglu", "normalization": "rms_norm"},
+    "no biases": {"use_bias": False},
+    "biases, bias-free norms": {"norm_bias": False},
+    "rotary": {"rotary_max_wavelength": 100.0},
+    "partial rotary": {"rotary_max_wavelength": 100.0, "rotary_fraction": 0.5},
+    "sliding window": {"sliding_window": 2},
+    "ModernBERT first layer": {
+        "norm_first": True,
+        "use_bias": False,
+        "feedforward": "geglu",
+        "attention_norm": False,
+        "rotary_max_wavelength": 160000.0,
+    },
+    "ModernBERT local layer": {
+        "norm_first": True,
+        "use_bias": False,
+        "feedforward": "geglu",
+        "rotary_max_wavelength": 10000.0,
+        "sliding_window": 3,
+    },
+}
+
+
+@pytest.mark.parametrize("case", OPTION_CASES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_options_match_numpy_reference(case, with_bias):
+    """Every block option against tests/numpy_reference.py, with padding,
+    and with an additive attention bias."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3, 7, 8)).astype("float32")
+    options = OPTION_CASES[case]
+    block = _block(x, num_heads=2, intermediate_dim=6, **options)
+    mask = padding_mask([7, 4, 0], 7)
+    bias = (
+        rng.normal(size=(1, 2, 7, 7)).astype("float32") if with_bias else None
+    )
+    got = to_numpy(block(x, mask=mask, attention_bias=bias))
+    reference_options = dict(options)
+    for ours, theirs in [
+        ("sliding_window", "window"),
+    ]:
+        if ours in reference_options:
+            reference_options[theirs] = reference_options.pop(ours)
+    activation = {"geglu": "gelu", "swiglu": "silu"}.get(
+        options.get("feedforward"), "relu"
+    )
+    expected = ref.encoder_block(
+        x,
+        block.get_weights(),
+        2,
+        4,
+        activation,
+        epsilon=1e-5,
+        mask=mask,
+        bias=bias,
+        **reference_options,
+    )
+    np.testing.assert_allclose(got[mask], expected[mask], atol=1e-5, rtol=1e-5)
+
+
 def test_custom_key_dim_and_epsilon_match_numpy_reference():
     x = np.random.default_rng(6).normal(size=(2, 5, 6)).astype("float32")
     block = _block(

@@ -19,6 +19,15 @@ CASES = [
             "dropout": 0.1,
         },
     ),
+    (
+        MultiHeadSelfAttention,
+        {
+            "num_heads": 2,
+            "rotary_max_wavelength": 10000.0,
+            "rotary_fraction": 0.5,
+            "sliding_window": 3,
+        },
+    ),
     (PositionalEncoding, {"max_length": 8}),
     (PositionalEncoding, {"max_length": 8, "mode": "learned"}),
     (EncoderBlock, {"num_heads": 2, "intermediate_dim": 32}),
@@ -32,6 +41,30 @@ CASES = [
             "dropout": 0.1,
             "attention_dropout": 0.1,
             "key_dim": 3,
+        },
+    ),
+    (
+        EncoderBlock,
+        {
+            "num_heads": 2,
+            "intermediate_dim": 12,
+            "norm_first": True,
+            "use_bias": False,
+            "feedforward": "geglu",
+            "normalization": "rms_norm",
+            "attention_norm": False,
+            "rotary_max_wavelength": 160000.0,
+            "sliding_window": 2,
+        },
+    ),
+    (
+        EncoderBlock,
+        {
+            "num_heads": 4,
+            "intermediate_dim": 8,
+            "feedforward": "swiglu",
+            "norm_bias": False,
+            "dropout": 0.1,
         },
     ),
 ]

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from keras_encoder import AlibiBias
 from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
@@ -63,6 +64,18 @@ def encoder_cases(draw):
         "seed": draw(st.integers(0, 2**16)),
         # None: the fused path on JAX and torch, materialised on TensorFlow.
         "flash_attention": draw(st.sampled_from([None, False])),
+        # The block's 2024-style options.
+        "options": {
+            "feedforward": draw(st.sampled_from(["mlp", "geglu", "swiglu"])),
+            "normalization": draw(st.sampled_from(["layer_norm", "rms_norm"])),
+            "use_bias": draw(st.booleans()),
+            # Rotation needs 2 features of a head.
+            "rotary_max_wavelength": (
+                draw(st.sampled_from([None, 1e4])) if head_dim > 1 else None
+            ),
+            "sliding_window": draw(st.sampled_from([None, 1, 3])),
+        },
+        "alibi": draw(st.booleans()),
     }
 
 
@@ -78,10 +91,13 @@ def test_no_padding_leak_and_finite_gradients(case):
         8,
         norm_first=case["norm_first"],
         flash_attention=case["flash_attention"],
+        **case["options"],
     )
     block.build(shape)
     randomize_weights(block, case["seed"])
     kwargs = {"mask": mask, "use_causal_mask": case["causal"]}
+    if case["alibi"]:
+        kwargs["attention_bias"] = AlibiBias(case["heads"])(x)
 
     # Padded slots hold any value; real outputs must not change, bit for
     # bit, from those of all-zero padding, and nothing is NaN or inf

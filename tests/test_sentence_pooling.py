@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 
 from keras_encoder import SentencePooling
+from tests.helpers import all_finite
 from tests.helpers import padding_mask
 from tests.helpers import to_numpy
+from tests.helpers import value_and_gradients
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -50,3 +52,14 @@ def test_bad_mask_is_a_clear_error():
         SentencePooling()(x, mask=np.ones((2, 3), "float32"))
     with pytest.raises(ValueError, match=r"axis 1 should be 3"):
         SentencePooling()(x, mask=np.ones((2, 4), bool))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_empty_rows_have_finite_gradients(pooling):
+    """Normalising a zero vector: 0, with finite (zero) gradients."""
+    x = np.random.default_rng(2).normal(size=(2, 3, 4)).astype("float32")
+    layer = SentencePooling(pooling)
+    out, grads = value_and_gradients(layer, x, mask=padding_mask([3, 0], 3))
+    assert all_finite(out, *grads)
+    assert (to_numpy(out)[1] == 0).all()
+    assert (to_numpy(grads[0])[1] == 0).all()
