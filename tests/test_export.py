@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from keras_encoder import AlibiBias
 from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
 from keras_encoder import _masking
@@ -469,6 +470,70 @@ def test_one_array_of_ids_is_one_calibration_batch(models, tmp_path):
     )
     result = export.verify(model, path, token_batch(4, 9, seed=3))
     assert result.builtin_only and result.cosine > 0.95, result
+
+
+# The 2024-style options (ModernBERT's set, and the others) export to
+# builtin ops with dynamic shapes, and quantize within the bars.
+MODERN_OPTIONS = {
+    "rotary+window+geglu, bias-free pre-LN": {
+        "norm_first": True,
+        "use_bias": False,
+        "feedforward": "geglu",
+        "rotary_max_wavelength": 10000.0,
+        "rotary_fraction": 0.5,
+        "sliding_window": 5,
+    },
+    "swiglu+rms_norm": {
+        "feedforward": "swiglu",
+        "normalization": "rms_norm",
+        "norm_first": True,
+    },
+    "alibi": "alibi",
+}
+
+
+def modern_encoder(options, width=64, seed=4):
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((None,), dtype="int32", name="input_ids")
+    x = keras.layers.Embedding(VOCAB, width, mask_zero=True)(ids)
+    kwargs = {}
+    if options == "alibi":
+        kwargs["attention_bias"] = AlibiBias(4)(x)
+        options = {}
+    for i in range(2):
+        block = EncoderBlock(4, 2 * width, name=f"block_{i}", **options)
+        x = block(x, **kwargs)
+    return keras.Model(ids, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MODERN_OPTIONS)
+def test_modern_options_export_and_quantize(case, tmp_path):
+    model = modern_encoder(MODERN_OPTIONS[case])
+    path = export.to_tflite(model, tmp_path / "float.tflite")
+    assert export.describe_tflite(path)["inputs"][0]["shape"] == [-1, -1]
+    for batch, length in [(1, 1), (3, 12), (4, 9)]:
+        ids = token_batch(batch, length, seed=length, empty_row=batch == 4)
+        result = export.verify(model, path, ids)
+        assert result.builtin_only, result.ops
+        assert result.max_abs_diff <= 1e-4, (batch, length)
+    calibration = token_batch(128, MAX_LENGTH, seed=7)
+    ids = token_batch(16, MAX_LENGTH, seed=3, empty_row=True)
+    for mode in ("float16", "dynamic", "int8"):
+        quantized = _quantize(
+            model, mode, tmp_path / f"{mode}.tflite", calibration
+        )
+        result = export.verify(model, quantized, ids)
+        assert result.builtin_only, (mode, result.ops)
+        assert result.cosine >= MODERN_BARS[mode], (mode, result.cosine)
+
+
+# Full int8 has no bar for these (issue 11: measured and reported). Here it
+# measured 0.966 (rotary+window+geglu), 0.963 (swiglu+rms_norm), 0.988
+# (alibi); the 2017 block in this same harness gives 0.971 pre-LN and
+# 0.989 post-LN: the random pre-LN stack, not the new options, is what int8
+# finds hard. The floor guards against a regression.
+MODERN_BARS = {"float16": 0.999, "dynamic": 0.99, "int8": 0.95}
 
 
 # Quantization: each mode against its bar, at real tokens vs float Keras.
