@@ -6,9 +6,10 @@ Run:  python benchmarks/minilm_latency.py [--model-dir DIR] [--rounds N]
 Batches of real sentences (batch 1 and batch 32, padded to the longest,
 tokenised beforehand so only the model is timed) go through: TFLite
 float32, TFLite dynamic-range int8 and TFLite full int8 (LiteRT, XNNPACK,
-2 threads), Keras compiled with XLA, and, when installed,
-sentence-transformers on torch. Each round runs every runtime once, in
-rotating order, after warm-up (benchmarks/timing.py); the table gives
+2 threads), ONNX float32 (onnxruntime, 2 intra-op threads; when
+tf2onnx and onnxruntime are installed), Keras compiled with XLA, and, when
+installed, sentence-transformers on torch. Each round runs every runtime
+once, in rotating order, after warm-up (benchmarks/timing.py); the table gives
 medians, ratios against sentence-transformers (or TFLite float32 without
 it), and each runtime's agreement with Keras float32 (min cosine over the
 batch). Writes JSON to --out.
@@ -48,6 +49,21 @@ def tflite_runner(path):
         model_path=path, num_threads=THREADS
     ).get_signature_runner()
     return lambda inputs: runner(**inputs)["sentence_embedding"]
+
+
+def onnx_runner(model, path):
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    export.to_onnx(model, path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        path, options, providers=["CPUExecutionProvider"]
+    )
+    return lambda inputs: session.run(["sentence_embedding"], inputs)[0]
 
 
 def keras_xla(model):
@@ -108,6 +124,9 @@ def main(argv=None):
             model, path, quantize=mode, representative_data=calibration
         )
         runtimes[name] = tflite_runner(path)
+    onnx = onnx_runner(model, os.path.join(args.out, "minilm.onnx"))
+    if onnx is not None:
+        runtimes["ONNX float32 (onnxruntime)"] = onnx
     runtimes["Keras XLA"] = keras_xla(model)
     st = sentence_transformers_runner(model_dir)
     if st is not None:

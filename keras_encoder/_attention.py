@@ -47,7 +47,12 @@ def materialized(
         "bqhd,bkhd->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32")
     )  # (B, H, S, S)
     if mask.bias is not None:
-        scores = scores + ops.cast(mask.bias, "float32")
+        # Saturated, not -inf: a bias beyond the range (or cast to float16
+        # by Keras's autocast under mixed precision, where -1e5 is -inf)
+        # must not make a row of -inf, whose softmax is NaN.
+        scores = ops.maximum(
+            scores + ops.cast(mask.bias, "float32"), _masking.FLOAT32_LOWEST
+        )
     if mask.padding is not None and mask.pairwise is None and not mask.causal:
         # Padding only: keys and query rows apart, no (B, 1, S, S) mask.
         pad = ops.expand_dims(mask.padding, 1)  # (B, 1, S)
@@ -87,8 +92,11 @@ def fused(query, key, value, mask, *, scale):
     keep = None  # (B, S, 1 or H, 1): False for query rows that attend nothing
     is_causal = False
     if mask.bias is not None:
-        kernel_bias = ops.cast(
-            mask.bias, backend.standardize_dtype(query.dtype)
+        dtype = backend.standardize_dtype(query.dtype)
+        # Saturated at the dtype's lowest: a -inf from an overflowing bias
+        # would make a row of -inf (NaN); -inf only where masked.
+        kernel_bias = ops.maximum(
+            ops.cast(mask.bias, dtype), _masking.LOWEST[dtype]
         )
         dense = mask.dense()
         if dense is not None:

@@ -43,10 +43,16 @@ def positive_float(name, value):
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
-        or not value > 0.0
+        or not 0.0 < value < float("inf")
     ):
         raise invalid(name, "a positive float", value)
     return float(value)
+
+
+def boolean(name, value):
+    if not isinstance(value, bool):
+        raise invalid(name, "True or False", value)
+    return value
 
 
 def fraction(name, value):

@@ -51,6 +51,14 @@ except ImportError:  # pragma: no cover - older or reorganised Keras.
 # resolution; a constant like -1e9 would stretch the range until every
 # real score quantizes to one level (uniform attention).
 _FILL_MARGIN = 128.0
+# The most negative finite value of each float dtype.
+LOWEST = {
+    "float16": float(np.finfo("float16").min),
+    "bfloat16": -3.3895313892515355e38,
+    "float32": float(np.finfo("float32").min),
+    "float64": float(np.finfo("float64").min),
+}
+FLOAT32_LOWEST = LOWEST["float32"]
 
 
 def _dtype_name(x):
@@ -176,10 +184,12 @@ def check_call(
 def _check_bias(bias, batch, num_heads, length):
     bias = as_mask(bias)
     rank = len(bias.shape)
-    if rank not in (2, 3, 4):
+    if rank not in (2, 4):
+        # Rank 3 is refused: broadcasting reads it as (H, S, S), while a
+        # rank-3 attention_mask is (B, S, S).
         raise ValueError(
-            "Expected `attention_bias` broadcastable to (batch, num_heads, "
-            "S, S), of rank 2 to 4. Received: "
+            "Expected `attention_bias` of shape (S, S) or (batch or 1, "
+            "num_heads or 1, S, S). Received: "
             f"attention_bias.shape={tuple(bias.shape)}"
         )
     if "float" not in _dtype_name(bias):
@@ -408,7 +418,11 @@ def masked_softmax(scores, mask=None, rows=None):
         # exp(fill - max) <= exp(-128) is exactly 0 in float32: masked keys
         # get no weight in any row that has a real key.
         low = ops.min(scores, axis=-1, keepdims=True)
-        fill = low + ops.minimum(low, 0.0) - _FILL_MARGIN
+        # Saturated at float32's lowest: below about -1.7e38 the sum would
+        # overflow to -inf, and a row of -inf gives NaN gradients.
+        fill = ops.maximum(
+            low + ops.minimum(low, 0.0) - _FILL_MARGIN, FLOAT32_LOWEST
+        )
         probs = ops.softmax(ops.where(mask, scores, fill), axis=-1)
     if mask is None:
         return probs

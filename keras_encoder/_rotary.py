@@ -27,8 +27,10 @@ from keras import ops
 
 
 def rotary_dim(head_dim, fraction):
-    """The number of rotated features of a head: an even number."""
-    return 2 * int(head_dim * fraction // 2)
+    """The number of rotated features of a head: `head_dim * fraction`
+    rounded down to an even number (with a tolerance for float error:
+    100 * 0.58 is 57.99999999999999 in floating point, and gives 58)."""
+    return 2 * (int(head_dim * fraction + 1e-9) // 2)
 
 
 def inverse_frequencies(dim, max_wavelength):

@@ -1,21 +1,23 @@
 """The `keras-encoder` command: export a `.keras` model, inspect a `.tflite`.
 
     keras-encoder export MODEL.keras [--saved-model DIR] [--tflite FILE]
-        [--quantize float16|dynamic|int8] [--calibration FILE.npy|.npz]
-        [--seq-len N ...]
+        [--onnx FILE] [--quantize float16|dynamic|int8]
+        [--calibration FILE.npy|.npz] [--seq-len N ...]
     keras-encoder inspect FILE.tflite
 
 Bad input (a missing file, not a Keras file, int8 without calibration data,
 bad calibration data, an unwritable path, a destination that holds
 something other than an artifact of the same kind, the same path twice)
 prints one line to stderr and exits with status 2, before anything is
-written. Both artifacts are written to temporary names, checked, and only
+written. All artifacts are written to temporary names, checked, and only
 then renamed into place, so any failure (or Ctrl-C, exit status 130)
 leaves the destinations as they were and no temporary file behind.
 """
 
 import argparse
 import contextlib
+import importlib.util
+import itertools
 import os
 import signal
 import sys
@@ -61,6 +63,7 @@ def _check_destinations(args):
         for path, flag, kind in (
             (args.saved_model, "--saved-model", "saved_model"),
             (args.tflite, "--tflite", "tflite"),
+            (args.onnx, "--onnx", "onnx"),
         )
         if path is not None
     ]
@@ -68,15 +71,17 @@ def _check_destinations(args):
         if not path:
             raise UsageError(f"{flag}: empty path")
     real = {flag: os.path.realpath(path) for flag, path, _ in outputs}
-    if len(outputs) == 2:
-        (sm_flag, sm, _), (tf_flag, tfl, _) = outputs
-        if real[sm_flag] == real[tf_flag]:
+    for (a_flag, a, a_kind), (b_flag, b, _) in itertools.combinations(
+        outputs, 2
+    ):
+        if real[a_flag] == real[b_flag]:
+            raise UsageError(f"{a_flag} {a} and {b_flag} {b} are the same path")
+        if (
+            a_kind == "saved_model"
+            and os.path.commonpath([real[a_flag], real[b_flag]]) == real[a_flag]
+        ):
             raise UsageError(
-                f"{sm_flag} {sm} and {tf_flag} {tfl} are the same path"
-            )
-        if os.path.commonpath([real[sm_flag], real[tf_flag]]) == real[sm_flag]:
-            raise UsageError(
-                f"{tf_flag} {tfl} is inside {sm_flag} {sm}, which is "
+                f"{b_flag} {b} is inside {a_flag} {a}, which is "
                 "replaced as a whole"
             )
     for source in (args.model, args.calibration):
@@ -286,9 +291,14 @@ def _one_line(error):
 
 
 def _export(args):
-    if args.saved_model is None and args.tflite is None:
+    if args.saved_model is None and args.tflite is None and args.onnx is None:
         raise UsageError(
-            "nothing to do: give --saved-model DIR and/or --tflite FILE"
+            "nothing to do: give --saved-model DIR, --tflite FILE and/or "
+            "--onnx FILE"
+        )
+    if args.onnx is not None and not importlib.util.find_spec("tf2onnx"):
+        raise UsageError(
+            '--onnx needs tf2onnx and onnx: pip install "keras-encoder[onnx]"'
         )
     _check_keras_file(args.model)
     if args.quantize and not args.tflite:
@@ -341,10 +351,10 @@ def _export(args):
 
 
 def _write(model, args, calibration, lengths, staged):
-    """Stage both artifacts (appending them to `staged`) and compute the
+    """Stage the artifacts (appending them to `staged`) and compute the
     parity table from them; the caller renames them into place.
 
-    Both go to temporary names beside their targets and are checked before
+    They go to temporary names beside their targets and are checked before
     either is renamed: a failure anywhere (a Flex op, a converter error,
     Ctrl-C) leaves the destinations as they were. TFLite first: it is the
     one likely to fail.
@@ -354,6 +364,10 @@ def _write(model, args, calibration, lengths, staged):
         flatbuffer = export._convert(model, args.quantize, calibration)
         tmp = export._stage_bytes(flatbuffer, target)
         staged.append((args.tflite, tmp, target, "tflite"))
+    if args.onnx:
+        target = os.path.abspath(args.onnx)
+        tmp = export._stage_bytes(export._onnx_bytes(model), target)
+        staged.append((args.onnx, tmp, target, "onnx"))
     if args.saved_model:
         target = os.path.abspath(args.saved_model)
         tmp = export._stage_saved_model(model, target)
@@ -408,7 +422,8 @@ def _inspect(args):
 def _parser():
     parser = argparse.ArgumentParser(
         prog="keras-encoder",
-        description="Export Keras encoder models to SavedModel and TFLite.",
+        description="Export Keras encoder models to SavedModel, TFLite "
+        "and ONNX.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser(
@@ -417,6 +432,9 @@ def _parser():
     export.add_argument("model", metavar="MODEL.keras")
     export.add_argument("--saved-model", metavar="DIR")
     export.add_argument("--tflite", metavar="FILE")
+    export.add_argument(
+        "--onnx", metavar="FILE", help="also write an ONNX model (float32)"
+    )
     export.add_argument(
         "--quantize", choices=["float16", "dynamic", "int8"], default=None
     )

@@ -373,6 +373,14 @@ def _modernbert_layers(config):
         "full_attention": config.get("global_rope_theta", 160000.0),
         "sliding_attention": config.get("local_rope_theta", 10000.0),
     }
+    scaling = config.get("rope_scaling")  # the Hub's form of scaled RoPE
+    if scaling:
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        if kind != "default":
+            raise ValueError(
+                f"Unsupported rope_scaling with rope_type={kind!r}; only "
+                "unscaled (default) rotary positions"
+            )
     for layer_type, params in (config.get("rope_parameters") or {}).items():
         if params is None:
             continue

@@ -94,9 +94,10 @@ class EncoderBlock(keras.layers.Layer):
             to key j.
         use_causal_mask: bool, whether query i may only attend to keys
             j <= i. Defaults to `False`.
-        attention_bias: optional float tensor broadcastable to
-            (B, num_heads, S, S), added to the attention scores (e.g. from
-            `AlibiBias`); masks override it.
+        attention_bias: optional float tensor of shape (S, S) or
+            (B or 1, num_heads or 1, S, S), added to the attention scores
+            (e.g. from `AlibiBias`); masks override it. See
+            `MultiHeadSelfAttention`.
         return_attention_scores: bool, whether to also return the attention
             probabilities. Defaults to `False`.
         training: bool, whether dropout is active.
@@ -199,7 +200,7 @@ class EncoderBlock(keras.layers.Layer):
                     "norm_bias=True"
                 )
             self.norm_bias = False
-        self.attention_norm = bool(attention_norm)
+        self.attention_norm = _checks.boolean("attention_norm", attention_norm)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.flash_attention = _checks.flash_attention(
@@ -218,9 +219,11 @@ class EncoderBlock(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        # Saved before `norm_bias` existed: norms always had a bias then.
+        # Saved before `norm_bias` (and `normalization`) existed: norms
+        # always had a bias then, whatever use_bias said.
         config = dict(config)
-        config.setdefault("norm_bias", True)
+        if "normalization" not in config:
+            config.setdefault("norm_bias", True)
         return super().from_config(config)
 
     def _norm(self, name, input_shape):

@@ -1,4 +1,4 @@
-"""Export Keras models to SavedModel (TF Serving) and TFLite (LiteRT).
+"""Export Keras models to SavedModel (TF Serving), TFLite (LiteRT) and ONNX.
 
 `to_saved_model` writes a SavedModel whose `serving_default` signature has
 the model's input names and a dynamic batch axis (and dynamic sequence
@@ -15,6 +15,10 @@ Quantization modes:
 - `"int8"`: full integer quantization, calibrated on `representative_data`.
   Every op with an int8 kernel runs in int8; the inputs and outputs stay
   as the model declares them (int32 ids, float outputs).
+
+`to_onnx` writes an ONNX model (opset 17, dynamic batch and sequence
+axes) through tf2onnx, with TensorFlow's `Erfc` (how it lowers the exact
+GELU) rewritten as `1 - Erf`, which tf2onnx lacks.
 
 `verify` runs an artifact and the Keras model on the same inputs and
 reports their agreement at real (unmasked) positions.
@@ -59,7 +63,8 @@ class Verification:
         max_abs_diff: largest absolute difference at real positions.
         cosine: cosine similarity of all outputs at real positions,
             flattened together.
-        ops: for TFLite, the count of each op in the model; else None.
+        ops: for TFLite and ONNX, the count of each op in the model; else
+            None.
         builtin_only: for TFLite, whether every op is a builtin; else None.
         size_bytes: size of the artifact on disk.
     """
@@ -97,7 +102,13 @@ _SAVED_MODEL_ENTRIES = {
     "assets.extra",
 }
 _VARIABLES_FILE = re.compile(r"variables\.(index|data-\d+-of-\d+)$")
-_KINDS = {"saved_model": "a SavedModel", "tflite": "a TFLite model"}
+_KINDS = {
+    "saved_model": "a SavedModel",
+    "tflite": "a TFLite model",
+    "onnx": "an ONNX model",
+}
+_FILE_KINDS = ("tflite", "onnx")
+ONNX_OPSET = 17
 
 
 def _is_saved_model(path):
@@ -123,6 +134,22 @@ def _is_tflite(path):
     return len(head) == 8 and head[4:] == b"TFL3"
 
 
+def _is_onnx(path):
+    """Whether file `path` parses as an ONNX model with a graph."""
+    try:
+        import onnx
+    except ImportError:
+        return False
+    try:
+        model = onnx.load_model(path, load_external_data=False)
+    except Exception:  # any parse failure: not ONNX
+        return False
+    return bool(model.ir_version) and len(model.graph.node) > 0
+
+
+_IS_KIND = {"tflite": _is_tflite, "onnx": _is_onnx}
+
+
 def _listing(path, limit=3):
     names = sorted(os.listdir(path))
     shown = ", ".join(names[:limit])
@@ -144,7 +171,7 @@ def _inspect_destination(path, kind):
     what = _KINDS[kind]
     target = os.path.abspath(path)
     parent = os.path.dirname(target)
-    if kind == "tflite" and path.endswith((os.sep, "/")):
+    if kind in _FILE_KINDS and path.endswith((os.sep, "/")):
         return ValueError, f"{what} is a file, not a directory path"
     if target == parent:
         return ValueError, "the root directory cannot be replaced"
@@ -169,11 +196,11 @@ def _inspect_destination(path, kind):
             f"exists and is not a SavedModel (it holds {_listing(target)}); "
             "refusing to replace it: remove it or choose another path"
         )
-    if kind == "tflite" and os.path.isfile(target):
-        if os.path.getsize(target) == 0 or _is_tflite(target):
+    if kind in _FILE_KINDS and os.path.isfile(target):
+        if os.path.getsize(target) == 0 or _IS_KIND[kind](target):
             return None
         return FileExistsError, (
-            "exists and is not a TFLite model; refusing to replace it: "
+            f"exists and is not {what}; refusing to replace it: "
             "remove it or choose another path"
         )
     found = "a directory" if os.path.isdir(target) else "a file"
@@ -190,7 +217,8 @@ def check_destination(path: str | os.PathLike, kind: str) -> str:
 
     Args:
         path: where the artifact goes.
-        kind: `"saved_model"` (a directory) or `"tflite"` (a file).
+        kind: `"saved_model"` (a directory), `"tflite"` or `"onnx"` (a
+            file).
 
     Returns:
         The absolute path.
@@ -226,7 +254,7 @@ def _install(staged, path, kind):
     """Move the staged artifact `staged` to `path`, replacing what
     `check_destination` allows there (checked again now)."""
     target = check_destination(path, kind)
-    if kind == "tflite" or not os.path.exists(target):
+    if kind in _FILE_KINDS or not os.path.exists(target):
         os.replace(staged, target)
         return
     # A directory cannot be replaced in one rename: move the old one aside,
@@ -633,6 +661,111 @@ def to_tflite(
     return path
 
 
+def _erfc_as_erf(ctx, node, name, args):
+    """tf2onnx handler: TensorFlow's Erfc (its exact GELU is
+    `0.5 x erfc(-x / sqrt(2))`), which tf2onnx cannot convert, as
+    `1 - Erf(x)` (ONNX has Erf)."""
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]])
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.ones((), dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+    return node
+
+
+def _onnx_bytes(model, opset=ONNX_OPSET):
+    """The ONNX model of `model` (TensorFlow backend), as bytes."""
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "ONNX export converts a TensorFlow graph (tf2onnx): build or "
+            "load the model with KERAS_BACKEND=tensorflow (a .keras file "
+            "saved under any backend loads there). Received: backend="
+            f"{keras.backend.backend()!r}"
+        )
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise ImportError(
+            "ONNX export needs tf2onnx and onnx: "
+            'pip install "keras-encoder[onnx]"'
+        ) from error
+    import logging
+
+    tf = _tf()
+    inputs = model_inputs(model)
+    specs = [
+        tf.TensorSpec(t.shape, t.dtype, name=name) for name, t in inputs.items()
+    ]
+    dict_input = isinstance(model.input, dict)
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        if dict_input:
+            x = dict(zip(inputs, args, strict=True))
+        else:
+            x = list(args) if len(args) > 1 else args[0]
+        # Output names as in the SavedModel and TFLite signatures.
+        return _flat_outputs(model(x, training=False))
+
+    logger = logging.getLogger("tf2onnx")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        proto, _ = tf2onnx.convert.from_function(
+            serve,
+            input_signature=specs,
+            opset=opset,
+            custom_op_handlers={"Erfc": (_erfc_as_erf, [])},
+        )
+    finally:
+        logger.setLevel(level)
+    return proto.SerializeToString()
+
+
+def to_onnx(
+    model: keras.Model, path: str | os.PathLike, opset: int = ONNX_OPSET
+) -> str:
+    """Convert `model` to ONNX, with dynamic batch and sequence axes.
+
+    The route is tf2onnx on the model's TensorFlow graph (so the model
+    must live on the TensorFlow backend), with the exact GELU's `Erfc`
+    rewritten as `1 - Erf`: Keras's own `export(format="onnx")` fails on
+    exact-GELU models there (tf2onnx has no `Erfc`), and its torch route
+    fails inside `LayerNormalization`. Inputs and outputs keep the names
+    of the SavedModel signature. Run it with onnxruntime; check it with
+    `verify`.
+
+    Args:
+        model: a built `keras.Model` (TensorFlow backend).
+        path: the `.onnx` file to write. An existing ONNX model (or empty
+            file) there is replaced; anything else is refused before any
+            work (see `check_destination`).
+        opset: the ONNX opset. Defaults to 17.
+
+    Returns:
+        `path`.
+    """
+    _check_model(model)
+    path = os.fspath(path)
+    target = check_destination(path, "onnx")
+    staged = _stage_bytes(_onnx_bytes(model, opset), target)
+    try:
+        _install(staged, target, "onnx")
+    finally:
+        _remove(staged)
+    return path
+
+
+def onnx_ops(path) -> dict:
+    """Count the nodes of an ONNX model by op type."""
+    import onnx
+
+    graph = onnx.load_model(os.fspath(path), load_external_data=False).graph
+    return dict(collections.Counter(node.op_type for node in graph.node))
+
+
 def _builtin_operators():
     """{code: name} of the TFLite builtin operators."""
     from tensorflow.lite.python import schema_py_generated as schema
@@ -732,6 +865,17 @@ def _run_artifact(path, named):
         serving = tf.saved_model.load(path).signatures["serving_default"]
         results = serving(**{k: tf.constant(v) for k, v in named.items()})
         return {k: v.numpy() for k, v in results.items()}, None
+    if not _is_tflite(path):  # ONNX
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(
+            path, providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs()]
+        results = session.run(
+            None, {k: np.asarray(v) for k, v in named.items()}
+        )
+        return dict(zip(names, results, strict=True)), onnx_ops(path)
     interpreter = _interpreter(path)
     results = interpreter.get_signature_runner()(**named)
     with open(path, "rb") as f:
@@ -757,8 +901,9 @@ def verify(
     Args:
         model: the `keras.Model` the artifact was exported from.
         artifact_path: a SavedModel directory (run with
-            `tf.saved_model.load`) or a `.tflite` file (run with
-            `ai_edge_litert.interpreter.Interpreter`).
+            `tf.saved_model.load`), a `.tflite` file (run with
+            `ai_edge_litert.interpreter.Interpreter`) or an ONNX file (run
+            with `onnxruntime` on CPU).
         inputs: one batch: an array, a list in input order, or a dict keyed
             by input name.
 
@@ -804,6 +949,10 @@ def verify(
         max_abs_diff=float(max(diffs)),
         cosine=cosine,
         ops=ops,
-        builtin_only=None if ops is None else is_builtin_only(ops),
+        builtin_only=(
+            is_builtin_only(ops)
+            if ops is not None and _is_tflite(artifact_path)
+            else None
+        ),
         size_bytes=_size(artifact_path),
     )

@@ -88,11 +88,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             True where query i may attend to key j.
         use_causal_mask: bool, whether query i may only attend to keys
             j <= i. Defaults to `False`.
-        attention_bias: optional float tensor broadcastable to
-            (B, num_heads, S, S) of rank 2 to 4, e.g. from `AlibiBias`:
-            added to the scaled scores before the softmax. Masks override
-            it: a masked key gets zero weight whatever its bias. It must
-            be finite.
+        attention_bias: optional float tensor of shape (S, S) or
+            (B or 1, num_heads or 1, S, S), e.g. from `AlibiBias`: added
+            to the scaled scores before the softmax. Masks override it: a
+            masked key gets zero weight whatever its bias. Values below
+            the dtype's range saturate at its lowest finite value (under
+            mixed precision Keras casts the bias to float16 first).
         return_attention_scores: bool, whether to also return the attention
             probabilities. Defaults to `False`.
         training: bool, whether dropout is active.

@@ -52,7 +52,7 @@ def rotary(x, max_wavelength, fraction=1.0):
     are left alone.
     """
     x = np.array(x, dtype=np.float64)
-    rotated = 2 * int(x.shape[-1] * fraction // 2)
+    rotated = 2 * (int(x.shape[-1] * fraction + 1e-9) // 2)
     half = rotated // 2
     out = x.copy()
     for p in range(x.shape[1]):

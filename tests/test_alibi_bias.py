@@ -10,10 +10,12 @@ from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder.alibi_bias import alibi_slopes
 from tests import numpy_reference as ref
+from tests.helpers import all_finite
 from tests.helpers import attention_weights
 from tests.helpers import padding_mask
 from tests.helpers import randomize_weights
 from tests.helpers import to_numpy
+from tests.helpers import value_and_gradients
 
 
 @pytest.mark.parametrize(
@@ -87,12 +89,41 @@ def test_in_a_functional_model_saves_and_reloads(tmp_path):
     )
 
 
+@pytest.mark.parametrize("flash_attention", [None, False])
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_extreme_biases_stay_finite(flash_attention, policy):
+    """float32's lowest at padded keys (Hugging Face's additive mask), a
+    fully padded row, and a -1e5 bias, which Keras's autocast turns into
+    -inf under mixed_float16: outputs and gradients stay finite, and real
+    outputs equal those of a plain mask."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 5, 8)).astype("float32")
+    mask = padding_mask([5, 3, 0], 5)
+    lowest = np.where(mask[:, None, None, :], 0.0, np.finfo("float32").min)
+    bias = lowest.astype("float32")
+    bias[0, :, :, 4] = -1e5  # every query of row 0 pushed off key 4
+    layer = MultiHeadSelfAttention(
+        2, flash_attention=flash_attention, dtype=policy
+    )
+    layer.build(x.shape)
+    out, grads = value_and_gradients(layer, x, mask=mask, attention_bias=bias)
+    assert all_finite(out, *grads)
+    plain = to_numpy(layer(x, mask=mask, attention_bias=bias * 0.0))
+    got = to_numpy(keras.ops.cast(out, "float32"))
+    np.testing.assert_allclose(
+        got[1:][mask[1:]], plain[1:][mask[1:]].astype("float32"), atol=1e-2
+    )
+
+
 def test_bad_bias_shapes_and_dtypes_are_clear_errors():
     x = np.zeros((2, 5, 8), "float32")
     layer = MultiHeadSelfAttention(2)
     with pytest.raises(ValueError, match=r"`attention_bias` has shape"):
         layer(x, attention_bias=np.zeros((1, 3, 5, 5), "float32"))
-    with pytest.raises(ValueError, match=r"of rank 2 to 4"):
+    with pytest.raises(ValueError, match=r"of shape \(S, S\) or"):
         layer(x, attention_bias=np.zeros((5,), "float32"))
+    # Rank 3 is ambiguous: (B, S, S) as attention_mask, or (H, S, S).
+    with pytest.raises(ValueError, match=r"of shape \(S, S\) or"):
+        layer(x, attention_bias=np.zeros((2, 5, 5), "float32"))
     with pytest.raises(TypeError, match=r"must be floating-point"):
         layer(x, attention_bias=np.zeros((5, 5), "int32"))

@@ -143,9 +143,21 @@ POSITION_CASES = {
         {},
         {**MASKS["padding+causal"], "attention_bias": _BIAS},
     ),
-    "(B,S,S) bias+empty rows": (
+    "(S,S) bias+empty rows": (
         {},
-        {**MASKS["empty rows"], "attention_bias": _BIAS[0, :1] * 10.0},
+        {**MASKS["empty rows"], "attention_bias": _BIAS[0, 0] * 10.0},
+    ),
+    # The Hugging Face convention: float32's lowest at padded keys.
+    "lowest-float bias+fully padded row": (
+        {},
+        {
+            **MASKS["fully padded row"],
+            "attention_bias": np.where(
+                MASKS["fully padded row"]["mask"][:, None, None, :],
+                0.0,
+                np.finfo("float32").min,
+            ).astype("float32"),
+        },
     ),
     "ModernBERT local: rotary+window+padding": (
         {"rotary_max_wavelength": 1e4, "sliding_window": 3},
@@ -173,8 +185,6 @@ def test_paths_agree_with_positions_windows_and_biases(case):
         assert np.isfinite(g_f).all()
         np.testing.assert_allclose(g_f, g_e, atol=1e-5, rtol=1e-4, err_msg=name)
     bias = kwargs.get("attention_bias")
-    if bias is not None and bias.ndim == 3:
-        bias = bias[:, None]
     expected, _ = ref.attention(
         x,
         attention_weights(explicit),

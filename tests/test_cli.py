@@ -80,6 +80,21 @@ def test_export_prints_parity_table(model_file, calibration, tmp_path, capsys):
     assert [r[-1] for r in rows] == ["-"] * 3 + ["yes"] * 3
 
 
+def test_export_writes_onnx_beside_the_others(model_file, tmp_path, capsys):
+    onnx_path, tflite = tmp_path / "model.onnx", tmp_path / "model.tflite"
+    code = cli.main(
+        ["export", str(model_file), "--tflite", str(tflite)]
+        + ["--onnx", str(onnx_path), "--seq-len", "1", "12"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [r[0] for r in rows] == [str(tflite)] * 2 + [str(onnx_path)] * 2
+    for row in rows:
+        assert float(row[-3]) <= 1e-4  # max |diff|
+    assert [r[-1] for r in rows] == ["yes"] * 2 + ["-"] * 2
+
+
 def test_inspect(model_file, tmp_path, capsys):
     tflite = tmp_path / "model.tflite"
     assert cli.main(["export", str(model_file), "--tflite", str(tflite)]) == 0
@@ -463,6 +478,20 @@ USER_CASES = {
     "the same path, trailing slash and absolute": (
         _export("--saved-model", "out/", "--tflite", "{work}/out"),
         "--saved-model out/ and --tflite {work}/out are the same path",
+    ),
+    "onnx the same path as tflite": (
+        _export("--tflite", "m.out", "--onnx", "./m.out"),
+        "--tflite m.out and --onnx ./m.out are the same path",
+    ),
+    "onnx inside the saved model": (
+        _export("--saved-model", "out", "--onnx", "out/m.onnx"),
+        "--onnx out/m.onnx is inside --saved-model out, which is replaced "
+        "as a whole",
+    ),
+    "onnx onto the user's notes": (
+        _export("--onnx", "project/src/notes.txt"),
+        "--onnx project/src/notes.txt: exists and is not an ONNX model; "
+        "refusing to replace it: remove it or choose another path",
     ),
     "tflite inside the saved model": (
         _export("--saved-model", "out", "--tflite", "./out/m.tflite"),

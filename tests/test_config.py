@@ -235,6 +235,20 @@ BAD_ARGUMENTS = [
         "-1",
     ),
     (
+        AlibiBias,
+        {"num_heads": 4, "alibi_bias_max": float("inf")},
+        "alibi_bias_max",
+        "a positive float",
+        "inf",
+    ),
+    (
+        EncoderBlock,
+        {"num_heads": 2, "intermediate_dim": 4, "attention_norm": "no"},
+        "attention_norm",
+        "True or False",
+        "'no'",
+    ),
+    (
         EncoderBlock,
         {"num_heads": 2, "intermediate_dim": 4, "attention_dropout": -0.1},
         "attention_dropout",
@@ -344,12 +358,26 @@ def test_rotary_needs_two_features_to_rotate():
         layer.build((None, None, 16))
 
 
+def test_rotated_feature_count_tolerates_float_error():
+    from keras_encoder import _rotary
+
+    assert _rotary.rotary_dim(100, 0.58) == 58  # 100 * 0.58 = 57.999...
+    assert _rotary.rotary_dim(64, 0.25) == 16
+    assert _rotary.rotary_dim(10, 0.3) == 2
+
+
 def test_configs_from_before_norm_bias_keep_norm_biases():
     """A block saved with use_bias=False before `norm_bias` existed had
     norms with a bias: from_config keeps them, so its weights load."""
     config = EncoderBlock(2, 4, use_bias=False).get_config()
-    del config["norm_bias"]
+    for new in ("feedforward", "normalization", "norm_bias", "attention_norm"):
+        del config[new]
     block = EncoderBlock.from_config(config)
     block.build((None, None, 8))
     assert block.attention_layer_norm.beta is not None
     assert EncoderBlock(2, 4, use_bias=False).norm_bias is False
+    # A new-style config without norm_bias follows the constructor.
+    config = {"num_heads": 2, "intermediate_dim": 4, "use_bias": False}
+    for normalization in ("layer_norm", "rms_norm"):
+        config["normalization"] = normalization
+        assert EncoderBlock.from_config(config).norm_bias is False

@@ -215,6 +215,30 @@ def test_minilm_tflite_float32_matches_sentence_transformers(minilm, tmp_path):
 
 
 @pytest.mark.slow
+def test_minilm_onnx_matches_sentence_transformers(minilm, tmp_path):
+    import onnxruntime
+
+    model, reference = minilm
+    path = export.to_onnx(model, tmp_path / "minilm.onnx")
+    session = onnxruntime.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    outputs = session.run(None, _bert_inputs(reference))
+    out = dict(zip(names, outputs, strict=True))
+    real = reference["attention_mask"].astype(bool)
+    np.testing.assert_allclose(
+        out["last_hidden_state"][real],
+        reference["real_token_states"],
+        atol=1e-4,
+    )
+    cosines = _cosines(
+        out["sentence_embedding"], reference["sentence_embedding"]
+    )
+    assert cosines.min() >= 0.99999
+
+
+@pytest.mark.slow
 def test_semantic_search_tokenizes_like_sentence_transformers(minilm):
     _, reference = minilm
     search = load_example("semantic_search")

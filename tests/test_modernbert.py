@@ -170,6 +170,12 @@ def test_unsupported_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"Unsupported rope_type='linear'"):
         convert.load_hf_modernbert(_checkpoint_copy(tmp_path, scaled))
     shutil.rmtree(tmp_path / "checkpoint")
+    hub_scaled = {**config, "rope_scaling": {"type": "linear", "factor": 4}}
+    with pytest.raises(
+        ValueError, match=r"Unsupported rope_scaling with rope_type='linear'"
+    ):
+        convert.load_hf_modernbert(_checkpoint_copy(tmp_path, hub_scaled))
+    shutil.rmtree(tmp_path / "checkpoint")
     with pytest.raises(ValueError, match=r"Unsupported hidden_activation"):
         convert.load_hf_modernbert(
             _checkpoint_copy(tmp_path, {**config, "hidden_activation": "x"})
