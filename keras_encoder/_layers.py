@@ -34,3 +34,70 @@ def dense(
         dtype=dtype,
         name=name,
     )
+
+
+def dtype_config(layer, sublayers):
+    """`layer`'s serialized dtype for `get_config`.
+
+    Its policy, as Keras saves it; but once `model.quantize(mode)` has
+    quantized some of its sublayers (they carry a policy such as
+    `"int8_from_float32"`), a `keras.dtype_policies.DTypePolicyMap` from
+    their paths to their policies, defaulting to the layer's own. The
+    layers pass their policy on to the sublayers they create, so one
+    rebuilt from this config creates those sublayers quantized, and their
+    saved weights load (keras-hub's backbones do the same).
+    """
+    policy = layer.dtype_policy
+    quantized = {
+        sub.path: sub.dtype_policy
+        for sub in sublayers
+        if sub.path and sub.quantization_mode is not None
+    }
+    if quantized and not isinstance(
+        policy, keras.dtype_policies.DTypePolicyMap
+    ):
+        policy = keras.dtype_policies.DTypePolicyMap(default_policy=policy)
+        for path, sub_policy in quantized.items():
+            policy[path] = sub_policy
+    return keras.dtype_policies.serialize(policy)
+
+
+LORA_WEIGHTS = ("lora_kernel_a", "lora_kernel_b")
+
+
+def enable_lora(projections, rank, lora_alpha, a_initializer, b_initializer):
+    """`Dense.enable_lora` on each of `projections` (built `Dense` layers)."""
+    for dense in projections:
+        dense.enable_lora(
+            rank,
+            lora_alpha=lora_alpha,
+            a_initializer=a_initializer,
+            b_initializer=b_initializer,
+        )
+
+
+def freeze_all_but_lora(layer):
+    """Make every weight of `layer` but the LoRA factors non-trainable:
+    `Dense.enable_lora` freezes the kernel only, and LoRA fine-tuning
+    trains the low-rank factors alone (biases and norms included)."""
+    for weight in layer.weights:
+        if not weight.path.endswith(LORA_WEIGHTS):
+            weight.trainable = False
+
+
+def check_lora_call(layer, rank, lora_alpha):
+    """Validate an `enable_lora` call on one of the package's layers."""
+    rank = _checks.positive_int("rank", rank)
+    if lora_alpha is not None:
+        lora_alpha = _checks.positive_float("lora_alpha", lora_alpha)
+    if not layer.built:
+        raise ValueError(
+            f"Cannot enable LoRA on layer '{layer.name}' before it is built "
+            "(call it on data, or build it, first)"
+        )
+    if layer.lora_rank:
+        raise ValueError(
+            f"LoRA is already enabled on layer '{layer.name}' (rank "
+            f"{layer.lora_rank}); it can be enabled once"
+        )
+    return rank, lora_alpha

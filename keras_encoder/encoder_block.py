@@ -83,6 +83,9 @@ class EncoderBlock(keras.layers.Layer):
             position embeddings and local attention in the self-attention,
             see `MultiHeadSelfAttention`. Default to `None`, `1.0` and
             `None` (none).
+        lora_rank, lora_alpha: build with LoRA enabled on all six dense
+            layers (see `enable_lora`); kept in the config. Default to
+            `None`.
         **kwargs: base layer arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -164,6 +167,8 @@ class EncoderBlock(keras.layers.Layer):
         rotary_max_wavelength=None,
         rotary_fraction=1.0,
         sliding_window=None,
+        lora_rank=None,
+        lora_alpha=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -215,6 +220,10 @@ class EncoderBlock(keras.layers.Layer):
         self.sliding_window = _checks.positive_int(
             "sliding_window", sliding_window, True
         )
+        self.lora_rank = _checks.positive_int("lora_rank", lora_rank, True)
+        self.lora_alpha = None
+        if lora_alpha is not None:
+            self.lora_alpha = _checks.positive_float("lora_alpha", lora_alpha)
         self.supports_masking = True
 
     @classmethod
@@ -302,6 +311,43 @@ class EncoderBlock(keras.layers.Layer):
         )
         self.input_spec = keras.InputSpec(axes={-1: width})
         self.built = True
+        if self.lora_rank:  # from the constructor, or a saved config
+            _layers.enable_lora(
+                self._projections(),
+                self.lora_rank,
+                self.lora_alpha,
+                "he_uniform",
+                "zeros",
+            )
+            self.attention.lora_rank = self.lora_rank
+            self.attention.lora_alpha = self.lora_alpha
+            _layers.freeze_all_but_lora(self)
+
+    def enable_lora(
+        self,
+        rank,
+        lora_alpha=None,
+        a_initializer="he_uniform",
+        b_initializer="zeros",
+    ):
+        """Low-rank adaptation of all six dense layers (query, key, value,
+        attention output, feed-forward in and out); every other weight of
+        the block (kernels, biases, norms) stops training. See
+        `MultiHeadSelfAttention.enable_lora`.
+        """
+        rank, lora_alpha = _layers.check_lora_call(self, rank, lora_alpha)
+        self.attention.enable_lora(
+            rank, lora_alpha, a_initializer, b_initializer
+        )
+        _layers.enable_lora(
+            [self.intermediate_dense, self.output_dense],
+            rank,
+            lora_alpha,
+            a_initializer,
+            b_initializer,
+        )
+        _layers.freeze_all_but_lora(self)
+        self.lora_rank, self.lora_alpha = rank, lora_alpha
 
     def call(
         self,
@@ -408,6 +454,17 @@ class EncoderBlock(keras.layers.Layer):
                 "rotary_max_wavelength": self.rotary_max_wavelength,
                 "rotary_fraction": self.rotary_fraction,
                 "sliding_window": self.sliding_window,
+                "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha,
             }
         )
+        if self.built:
+            config["dtype"] = _layers.dtype_config(self, self._projections())
         return config
+
+    def _projections(self):
+        """Every dense sublayer: what quantization and LoRA act on."""
+        return self.attention._projections() + [
+            self.intermediate_dense,
+            self.output_dense,
+        ]

@@ -582,9 +582,41 @@ def _check_quantize(quantize, representative_data):
         )
 
 
+# The scale that every Keras quantization mode (int8, int4, float8) adds
+# to the layers it quantizes.
+_QUANTIZATION_SCALES = ("kernel_scale", "embeddings_scale")
+
+
+def _check_not_keras_quantized(model, target):
+    """Refuse a model quantized by Keras (`model.quantize(mode)`): its
+    int8 x int8 matmuls and float8 casts have no TFLite builtin (and
+    tf2onnx fails on them too)."""
+    layers = sorted(
+        {
+            w.path.rsplit("/", 1)[0]
+            for w in model.weights
+            if w.path.endswith(_QUANTIZATION_SCALES)
+        }
+    )
+    if layers:
+        shown = ", ".join(layers[:3]) + (", ..." if len(layers) > 3 else "")
+        raise ValueError(
+            f"The model was quantized by Keras (model.quantize; quantized "
+            f"layers: {shown}), which does not convert to {target}: export "
+            "the float model instead"
+            + (
+                ' and let the converter quantize it (quantize="dynamic" or '
+                '"int8")'
+                if target == "builtin-ops TFLite"
+                else ""
+            )
+        )
+
+
 def _convert(model, quantize=None, batches=None):
     """The TFLite flatbuffer of `model`, as bytes; `batches` are checked
     calibration batches (for int8)."""
+    _check_not_keras_quantized(model, "builtin-ops TFLite")
     tf = _tf()
     with tempfile.TemporaryDirectory(prefix="keras_encoder.") as tmp:
         saved_model = os.path.join(tmp, "saved_model")
@@ -693,6 +725,7 @@ def _onnx_bytes(model, opset=ONNX_OPSET):
         ) from error
     import logging
 
+    _check_not_keras_quantized(model, "ONNX")
     tf = _tf()
     inputs = model_inputs(model)
     specs = [

@@ -77,6 +77,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             `keras.layers.MultiHeadAttention`: query i attends only to keys
             j with `|i - j| < sliding_window` (a symmetric band), ANDed with
             every other mask. `None` (the default) attends globally.
+        lora_rank: `None` or a positive int: build with LoRA enabled at
+            this rank (see `enable_lora`); set by `enable_lora` and kept in
+            the config, so a reloaded layer is still LoRA-enabled.
+            Defaults to `None`.
+        lora_alpha: `None` or a positive float, LoRA's scale numerator
+            (`None` means `lora_rank`).
         **kwargs: base layer arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -137,6 +143,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         rotary_max_wavelength=None,
         rotary_fraction=1.0,
         sliding_window=None,
+        lora_rank=None,
+        lora_alpha=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -159,6 +167,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.sliding_window = _checks.positive_int(
             "sliding_window", sliding_window, True
         )
+        self.lora_rank = _checks.positive_int("lora_rank", lora_rank, True)
+        self.lora_alpha = None
+        if lora_alpha is not None:
+            self.lora_alpha = _checks.positive_float("lora_alpha", lora_alpha)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -217,6 +229,44 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         )
         self.input_spec = keras.InputSpec(axes={-1: width})
         self.built = True
+        if self.lora_rank:  # from the constructor, or a saved config
+            _layers.enable_lora(
+                self._projections(),
+                self.lora_rank,
+                self.lora_alpha,
+                "he_uniform",
+                "zeros",
+            )
+            _layers.freeze_all_but_lora(self)
+
+    def enable_lora(
+        self,
+        rank,
+        lora_alpha=None,
+        a_initializer="he_uniform",
+        b_initializer="zeros",
+    ):
+        """Low-rank adaptation (Hu et al., 2021) of the four projections.
+
+        Each projection gets trainable factors A (in, rank) and B (rank,
+        out), B zero at first, and computes `x W + (lora_alpha / rank)
+        x A B` (`keras.layers.Dense.enable_lora`); every other weight of
+        the layer (kernels, biases) stops training. Saved `.keras` files
+        hold the merged kernels and `lora_rank`, so a reloaded layer
+        gives the same outputs and trains LoRA factors again.
+
+        Args:
+            rank: int, the rank of the factors.
+            lora_alpha: float, the scale numerator. Defaults to `rank`.
+            a_initializer, b_initializer: initializers of A and B.
+                Default to `"he_uniform"` and `"zeros"`.
+        """
+        rank, lora_alpha = _layers.check_lora_call(self, rank, lora_alpha)
+        _layers.enable_lora(
+            self._projections(), rank, lora_alpha, a_initializer, b_initializer
+        )
+        _layers.freeze_all_but_lora(self)
+        self.lora_rank, self.lora_alpha = rank, lora_alpha
 
     def call(
         self,
@@ -408,6 +458,18 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                 "rotary_max_wavelength": self.rotary_max_wavelength,
                 "rotary_fraction": self.rotary_fraction,
                 "sliding_window": self.sliding_window,
+                "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha,
             }
         )
+        if self.built:
+            config["dtype"] = _layers.dtype_config(self, self._projections())
         return config
+
+    def _projections(self):
+        return [
+            self.query_dense,
+            self.key_dense,
+            self.value_dense,
+            self.output_dense,
+        ]

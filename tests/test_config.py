@@ -79,6 +79,8 @@ def test_non_default_config_round_trips(cls):
         "norm_bias": False,
         "attention_norm": False,
         "alibi_bias_max": 4.0,
+        "lora_rank": 2,
+        "lora_alpha": 4.0,
     }
     params = inspect.signature(cls.__init__).parameters
     kwargs = {

@@ -1,0 +1,158 @@
+"""Keras's own quantization (`model.quantize`) and LoRA on models of the
+package's layers: they run, save to `.keras` and reload with identical
+outputs; LoRA fine-tuning trains the low-rank factors alone."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_encoder import EncoderBlock
+from keras_encoder import MultiHeadSelfAttention
+from keras_encoder import export
+from tests.conftest import load_example
+from tests.helpers import to_numpy
+
+MODES = ["int8", "int4", "float8"]
+# Cosine of the quantized model's outputs with the float model's, random
+# weights (benchmarks/keras_quantize.py measures trained ones).
+BARS = {"int8": 0.99, "int4": 0.95, "float8": 0.98}
+
+
+def _modern_model():
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(50, 64, mask_zero=True)(tokens)
+    x = EncoderBlock(
+        4,
+        128,
+        norm_first=True,
+        use_bias=False,
+        feedforward="geglu",
+        rotary_max_wavelength=1e4,
+        sliding_window=5,
+    )(x)
+    x = EncoderBlock(4, 128, normalization="rms_norm", feedforward="swiglu")(x)
+    return keras.Model(tokens, keras.layers.GlobalAveragePooling1D()(x))
+
+
+MODELS = {
+    "quickstart": lambda: load_example("quickstart").build_model(),
+    "modern options": _modern_model,
+}
+
+
+def _ids(batch=16, length=12, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 32, size=(batch, length)).astype("int32")
+    ids[-1, length // 2 :] = 0
+    return ids
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", MODELS)
+def test_quantized_model_runs_saves_and_reloads(case, mode, tmp_path):
+    model = MODELS[case]()
+    x = _ids()
+    reference = to_numpy(model(x))
+    model.quantize(mode)
+    out = to_numpy(model(x))
+    assert np.isfinite(out).all()
+    cosine = (out * reference).sum() / (
+        np.linalg.norm(out) * np.linalg.norm(reference)
+    )
+    assert cosine > BARS[mode], cosine
+    block = model.get_layer(index=-3 if case == "quickstart" else 2)
+    assert block.attention.query_dense.quantization_mode == mode
+    model.save(tmp_path / "quantized.keras")
+    reloaded = keras.models.load_model(tmp_path / "quantized.keras")
+    np.testing.assert_array_equal(to_numpy(reloaded(x)), out)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="export runs on TF"
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_keras_quantized_models_do_not_export_silently(mode, tmp_path):
+    model = load_example("quickstart").build_model()
+    model.quantize(mode)
+    with pytest.raises(ValueError, match=r"quantized by Keras .* export the"):
+        export.to_tflite(model, tmp_path / "m.tflite")
+    with pytest.raises(ValueError, match=r"does not convert to ONNX"):
+        export.to_onnx(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _lora_factors(weights):
+    return [w for w in weights if w.path.endswith("lora_kernel_a")] + [
+        w for w in weights if w.path.endswith("lora_kernel_b")
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the quickstart fixture trains under TensorFlow",
+)
+def test_lora_fine_tunes_the_quickstart_model(quickstart_run, tmp_path):
+    """The trained quickstart model (A before B), adapted with LoRA alone
+    (embedding and head frozen too) to the opposite task."""
+    code, out_dir = quickstart_run
+    assert code == 0
+    model = keras.saving.load_model(out_dir / "a_before_b.keras")
+    x, y = load_example("quickstart").make_dataset(1024, seed=5)
+    y = 1 - y  # the new task: B before A
+    for layer in model.layers:
+        if isinstance(layer, EncoderBlock):
+            layer.enable_lora(4)
+        else:
+            layer.trainable = False
+    factors = _lora_factors(model.weights)
+    assert len(factors) == 2 * 12  # 6 dense layers x 2 blocks x (A, B)
+    assert {w.path for w in model.trainable_weights} == {
+        w.path for w in factors
+    }
+    before = {w.path: to_numpy(w).copy() for w in model.weights}
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    _, accuracy_before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    _, accuracy = model.evaluate(x, y, verbose=0)
+    # Measured: 0.0 -> 0.90 (lr 1e-2, 3 epochs).
+    assert accuracy_before < 0.05 and accuracy > 0.75, accuracy
+    changed = {
+        w.path
+        for w in model.weights
+        if not np.array_equal(before[w.path], to_numpy(w))
+    }
+    assert changed == {w.path for w in factors}
+    out = to_numpy(model(x[:32]))
+    model.save(tmp_path / "lora.keras")
+    reloaded = keras.models.load_model(tmp_path / "lora.keras")
+    np.testing.assert_allclose(to_numpy(reloaded(x[:32])), out, atol=1e-6)
+    for layer in reloaded.layers:
+        if isinstance(layer, EncoderBlock):
+            assert layer.lora_rank == 4
+            assert {w.path for w in layer.trainable_weights} == {
+                w.path for w in _lora_factors(layer.weights)
+            }
+
+
+def test_enable_lora_errors():
+    layer = MultiHeadSelfAttention(2)
+    with pytest.raises(ValueError, match=r"before it is built"):
+        layer.enable_lora(2)
+    layer.build((None, None, 8))
+    with pytest.raises(ValueError, match=r"argument `rank`"):
+        layer.enable_lora(0)
+    layer.enable_lora(2, lora_alpha=4.0)
+    with pytest.raises(ValueError, match=r"already enabled .*\(rank 2\)"):
+        layer.enable_lora(2)
+    assert layer.get_config()["lora_rank"] == 2
+    assert layer.get_config()["lora_alpha"] == 4.0
+    x = np.random.default_rng(0).normal(size=(2, 3, 8)).astype("float32")
+    clone = MultiHeadSelfAttention.from_config(layer.get_config())
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(to_numpy(clone(x)), to_numpy(layer(x)))
