@@ -4,6 +4,7 @@
 # it is imported (see _startup).
 from keras_encoder import _startup  # noqa: F401
 from keras_encoder import convert
+from keras_encoder import distribution
 from keras_encoder import export
 from keras_encoder.alibi_bias import AlibiBias
 from keras_encoder.encoder_block import EncoderBlock
@@ -21,5 +22,6 @@ __all__ = [
     "SentencePooling",
     "__version__",
     "convert",
+    "distribution",
     "export",
 ]

@@ -32,6 +32,7 @@ def test_public_api():
             "SentencePooling",
             "__version__",
             "convert",
+            "distribution",
             "export",
         ]
     )
