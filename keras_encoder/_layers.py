@@ -1,8 +1,34 @@
 """Sublayer factories shared by the public layers."""
 
+import re
+
 import keras
 
 from keras_encoder import _checks
+
+
+class _Dense(keras.layers.Dense):
+    """`keras.layers.Dense` whose LoRA factor A is drawn afresh after its
+    weights are loaded.
+
+    A saved `Dense` holds its merged kernel, and Keras's loader sets both
+    LoRA factors to zero; with A and B both zero every LoRA gradient is
+    zero, and a reloaded model could never train its adapters again.
+    Redrawing A (He uniform, as `enable_lora`'s default) and keeping B at
+    zero changes no output. Never serialized on its own: the layers create
+    it in `build`.
+    """
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.lora_enabled:
+            draw = keras.initializers.HeUniform()
+            self.lora_kernel_a.assign(draw(self.lora_kernel_a.shape))
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        # `Dense.quantize` refuses subclasses (they may change `call`);
+        # this one changes weight loading only, so it quantizes as Dense.
+        super().quantize(mode, type_check=False, config=config)
 
 
 def dense(
@@ -25,7 +51,7 @@ def dense(
     broadcasting BatchMatMulV2, which Eigen (oneDNN off) runs at about 60%
     of a MatMul's speed.
     """
-    return keras.layers.Dense(
+    return _Dense(
         units,
         activation=activation,
         use_bias=use_bias,
@@ -48,18 +74,28 @@ def dtype_config(layer, sublayers):
     saved weights load (keras-hub's backbones do the same).
     """
     policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return keras.dtype_policies.serialize(policy)
     quantized = {
-        sub.path: sub.dtype_policy
+        _relative_path(layer, sub): sub.dtype_policy
         for sub in sublayers
-        if sub.path and sub.quantization_mode is not None
+        if sub.quantization_mode is not None
     }
-    if quantized and not isinstance(
-        policy, keras.dtype_policies.DTypePolicyMap
-    ):
+    if quantized:
         policy = keras.dtype_policies.DTypePolicyMap(default_policy=policy)
         for path, sub_policy in quantized.items():
-            policy[path] = sub_policy
+            # Keyed by the path below the layer, whatever the layer is
+            # called or nested in when rebuilt (a Sequential model adds
+            # its own name in front; from_config may rename it).
+            policy[rf"(.*/)?{re.escape(path)}"] = sub_policy
     return keras.dtype_policies.serialize(policy)
+
+
+def _relative_path(layer, sub):
+    prefix = f"{layer.path}/"
+    if not sub.path.startswith(prefix):  # pragma: no cover - Keras change
+        raise ValueError(f"{sub.path!r} is not below {layer.path!r}")
+    return sub.path[len(prefix) :]
 
 
 LORA_WEIGHTS = ("lora_kernel_a", "lora_kernel_b")
@@ -99,5 +135,17 @@ def check_lora_call(layer, rank, lora_alpha):
         raise ValueError(
             f"LoRA is already enabled on layer '{layer.name}' (rank "
             f"{layer.lora_rank}); it can be enabled once"
+        )
+    if getattr(layer, "_in_block", None):
+        raise ValueError(
+            f"Layer '{layer.name}' is the attention of EncoderBlock "
+            f"'{layer._in_block}': call the block's enable_lora, whose "
+            "config records LoRA (the attention's alone would not be saved)"
+        )
+    if any(d.quantization_mode == "float8" for d in layer._projections()):
+        raise ValueError(
+            f"Cannot enable LoRA on layer '{layer.name}': it is quantized to "
+            "float8, whose Keras Dense does not support LoRA (int8 and int4 "
+            "do)"
         )
     return rank, lora_alpha

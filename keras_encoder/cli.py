@@ -300,6 +300,12 @@ def _export(args):
         raise UsageError(
             '--onnx needs tf2onnx and onnx: pip install "keras-encoder[onnx]"'
         )
+    if args.onnx is not None and keras.backend.backend() != "tensorflow":
+        raise UsageError(
+            "--onnx converts a TensorFlow graph: run with "
+            "KERAS_BACKEND=tensorflow (a .keras file from any backend "
+            f"loads there). Received: backend={keras.backend.backend()!r}"
+        )
     _check_keras_file(args.model)
     if args.quantize and not args.tflite:
         raise UsageError("--quantize needs --tflite FILE")

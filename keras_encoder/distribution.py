@@ -22,9 +22,11 @@ import keras
 
 # Variable paths end in "<layer>/<sublayer>/<weight>"; the sublayer names
 # are fixed (see the README's Layers section), so the keys below match
-# every block and attention layer whatever the model calls them.
-_COLUMN = r"(self_attention/(query|key|value)|feedforward_intermediate_dense)"
-_ROW = r"(self_attention/attention_output|feedforward_output_dense)"
+# every block and attention layer whatever the model calls them (and any
+# other layer's sublayer of the same name: a layout, never a change of
+# the maths).
+_COLUMN = r"(query|key|value|feedforward_intermediate_dense)"
+_ROW = r"(attention_output|feedforward_output_dense)"
 
 
 def layout_map(device_mesh, model_axis="model"):
@@ -62,7 +64,7 @@ def layout_map(device_mesh, model_axis="model"):
             f"Received: model_axis={model_axis!r}"
         )
     layouts = keras.distribution.LayoutMap(device_mesh)
-    layouts[rf".*{_COLUMN}/kernel$"] = (None, model_axis)
-    layouts[rf".*{_COLUMN}/bias$"] = (model_axis,)
-    layouts[rf".*{_ROW}/kernel$"] = (model_axis, None)
+    layouts[rf"(.*/)?{_COLUMN}/kernel"] = (None, model_axis)
+    layouts[rf"(.*/)?{_COLUMN}/bias"] = (model_axis,)
+    layouts[rf"(.*/)?{_ROW}/kernel"] = (model_axis, None)
     return layouts

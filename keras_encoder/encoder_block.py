@@ -280,6 +280,8 @@ class EncoderBlock(keras.layers.Layer):
             **common,
         )
         self.attention.build(input_shape)
+        # Its LoRA goes through the block's enable_lora and config.
+        self.attention._in_block = self.name
         self.attention_layer_norm = None
         if self.attention_norm:
             self.attention_layer_norm = self._norm(
@@ -336,18 +338,13 @@ class EncoderBlock(keras.layers.Layer):
         `MultiHeadSelfAttention.enable_lora`.
         """
         rank, lora_alpha = _layers.check_lora_call(self, rank, lora_alpha)
-        self.attention.enable_lora(
-            rank, lora_alpha, a_initializer, b_initializer
-        )
         _layers.enable_lora(
-            [self.intermediate_dense, self.output_dense],
-            rank,
-            lora_alpha,
-            a_initializer,
-            b_initializer,
+            self._projections(), rank, lora_alpha, a_initializer, b_initializer
         )
         _layers.freeze_all_but_lora(self)
         self.lora_rank, self.lora_alpha = rank, lora_alpha
+        self.attention.lora_rank = rank
+        self.attention.lora_alpha = lora_alpha
 
     def call(
         self,

@@ -95,6 +95,27 @@ def test_export_writes_onnx_beside_the_others(model_file, tmp_path, capsys):
     assert [r[-1] for r in rows] == ["yes"] * 2 + ["-"] * 2
 
 
+def test_onnx_under_another_backend_is_one_line(model_file, tmp_path):
+    """Refused before any work, with the way out, not after the TFLite
+    conversion has run."""
+    result = subprocess.run(
+        [COMMAND, "export", str(model_file), "--tflite", "m.tflite"]
+        + ["--onnx", "m.onnx"],
+        cwd=tmp_path,
+        env=dict(os.environ, KERAS_BACKEND="jax"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "keras-encoder: error: --onnx converts a TensorFlow graph: run with "
+        "KERAS_BACKEND=tensorflow (a .keras file from any backend loads "
+        "there). Received: backend='jax'"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_inspect(model_file, tmp_path, capsys):
     tflite = tmp_path / "model.tflite"
     assert cli.main(["export", str(model_file), "--tflite", str(tflite)]) == 0

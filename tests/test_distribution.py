@@ -47,7 +47,13 @@ def test_layout_map_shards_kernels_megatron_style():
     for suffix, axes in EXPECTED.items():
         for prefix in ("block_0/", "my_model/encoder_layer_11/"):
             assert tuple(layouts[prefix + suffix].axes) == axes, suffix
+    # A MultiHeadSelfAttention of any name, alone in a model.
+    for name in ("multi_head_self_attention_1", "attn"):
+        assert tuple(layouts[f"{name}/query/kernel"].axes) == COLUMN
+        assert tuple(layouts[f"{name}/attention_output/kernel"].axes) == ROW
     for replicated in (
+        "my_query/kernel",
+        "block_0/querykey/kernel",
         "block_0/self_attention/attention_output/bias",
         "block_0/feedforward_output_dense/bias",
         "block_0/feedforward_layer_norm/gamma",

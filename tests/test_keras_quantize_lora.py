@@ -34,9 +34,23 @@ def _modern_model():
     return keras.Model(tokens, keras.layers.GlobalAveragePooling1D()(x))
 
 
+def _sequential_model():
+    """In a Sequential model, sublayer paths gain the model's name."""
+    return keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(50, 64, mask_zero=True),
+            EncoderBlock(4, 128, name="block"),
+            keras.layers.GlobalAveragePooling1D(),
+        ],
+        name="sequential_encoder",
+    )
+
+
 MODELS = {
     "quickstart": lambda: load_example("quickstart").build_model(),
     "modern options": _modern_model,
+    "sequential": _sequential_model,
 }
 
 
@@ -60,11 +74,13 @@ def test_quantized_model_runs_saves_and_reloads(case, mode, tmp_path):
         np.linalg.norm(out) * np.linalg.norm(reference)
     )
     assert cosine > BARS[mode], cosine
-    block = model.get_layer(index=-3 if case == "quickstart" else 2)
-    assert block.attention.query_dense.quantization_mode == mode
+    blocks = [la for la in model.layers if isinstance(la, EncoderBlock)]
+    assert blocks[0].attention.query_dense.quantization_mode == mode
     model.save(tmp_path / "quantized.keras")
     reloaded = keras.models.load_model(tmp_path / "quantized.keras")
     np.testing.assert_array_equal(to_numpy(reloaded(x)), out)
+    for block in [la for la in reloaded.layers if isinstance(la, EncoderBlock)]:
+        assert block.output_dense.quantization_mode == mode
 
 
 @pytest.mark.skipif(
@@ -137,6 +153,19 @@ def test_lora_fine_tunes_the_quickstart_model(quickstart_run, tmp_path):
             assert {w.path for w in layer.trainable_weights} == {
                 w.path for w in _lora_factors(layer.weights)
             }
+        else:
+            layer.trainable = False
+    # The reloaded adapters train on: Keras's loader zeroes both factors,
+    # and A is drawn afresh (B stays 0, so outputs are unchanged).
+    reloaded.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    loaded = {w.path: to_numpy(w).copy() for w in reloaded.weights}
+    reloaded.fit(x[:256], y[:256, None] * 1.0, epochs=1, verbose=0)
+    moved = {
+        w.path
+        for w in reloaded.weights
+        if not np.array_equal(loaded[w.path], to_numpy(w))
+    }
+    assert moved == {w.path for w in _lora_factors(reloaded.weights)}
 
 
 def test_enable_lora_errors():
@@ -150,6 +179,15 @@ def test_enable_lora_errors():
     with pytest.raises(ValueError, match=r"already enabled .*\(rank 2\)"):
         layer.enable_lora(2)
     assert layer.get_config()["lora_rank"] == 2
+    block = EncoderBlock(2, 8)
+    block.build((None, None, 8))
+    with pytest.raises(ValueError, match=r"call the block's enable_lora"):
+        block.attention.enable_lora(2)
+    inputs = keras.Input((None, 64))
+    quantized = MultiHeadSelfAttention(2)
+    keras.Model(inputs, quantized(inputs)).quantize("float8")
+    with pytest.raises(ValueError, match=r"quantized to float8"):
+        quantized.enable_lora(2)
     assert layer.get_config()["lora_alpha"] == 4.0
     x = np.random.default_rng(0).normal(size=(2, 3, 8)).astype("float32")
     clone = MultiHeadSelfAttention.from_config(layer.get_config())
