@@ -100,10 +100,8 @@ def fused(query, key, value, mask, *, scale):
         )
         dense = mask.dense()
         if dense is not None:
-            attends = ops.any(dense, axis=-1, keepdims=True)
-            allowed = ops.logical_or(dense, ops.logical_not(attends))
+            allowed, keep = _open_empty_rows(dense)
             kernel_bias = ops.where(allowed, kernel_bias, float("-inf"))
-            keep = ops.transpose(attends, (0, 2, 1, 3))
     elif mask.pairwise is None and not (
         mask.causal and mask.padding is not None
     ):
@@ -120,10 +118,7 @@ def fused(query, key, value, mask, *, scale):
                 )
             keep = ops.expand_dims(ops.expand_dims(pad, 2), 3)
     else:
-        dense = mask.dense()  # (B or 1, 1 or H, S, S)
-        attends = ops.any(dense, axis=-1, keepdims=True)
-        kernel_mask = ops.logical_or(dense, ops.logical_not(attends))
-        keep = ops.transpose(attends, (0, 2, 1, 3))  # (B, S, 1 or H, 1)
+        kernel_mask, keep = _open_empty_rows(mask.dense())
     context = ops.dot_product_attention(
         query,
         key,
@@ -136,6 +131,15 @@ def fused(query, key, value, mask, *, scale):
     if keep is not None:
         context = ops.where(keep, context, ops.zeros_like(context))
     return context
+
+
+def _open_empty_rows(dense):
+    """For a boolean (B or 1, 1 or H, S, S) mask: the mask with every query
+    row that attends nothing opened to all keys (what the kernel sees), and
+    the (B, S, 1 or H, 1) rows to keep afterwards."""
+    attends = ops.any(dense, axis=-1, keepdims=True)
+    opened = ops.logical_or(dense, ops.logical_not(attends))
+    return opened, ops.transpose(attends, (0, 2, 1, 3))
 
 
 def fused_unsupported_reason(

@@ -39,7 +39,9 @@ def rate(name, value):
     return float(value)
 
 
-def positive_float(name, value):
+def positive_float(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
@@ -65,7 +67,7 @@ def fraction(name, value):
     return float(value)
 
 
-def rotary_max_wavelength(value):
+def _rotary_max_wavelength(value):
     if value is None:
         return None
     if (
@@ -77,6 +79,25 @@ def rotary_max_wavelength(value):
             "rotary_max_wavelength", "None or a finite float > 1", value
         )
     return float(value)
+
+
+def attention_options(
+    rotary_max_wavelength,
+    rotary_fraction,
+    sliding_window,
+    lora_rank,
+    lora_alpha,
+):
+    """The position, window and LoRA arguments that `MultiHeadSelfAttention`
+    and `EncoderBlock` share, checked: (rotary_max_wavelength,
+    rotary_fraction, sliding_window, lora_rank, lora_alpha)."""
+    return (
+        _rotary_max_wavelength(rotary_max_wavelength),
+        fraction("rotary_fraction", rotary_fraction),
+        positive_int("sliding_window", sliding_window, True),
+        positive_int("lora_rank", lora_rank, True),
+        positive_float("lora_alpha", lora_alpha, True),
+    )
 
 
 def choice(name, value, choices):

@@ -124,8 +124,7 @@ def freeze_all_but_lora(layer):
 def check_lora_call(layer, rank, lora_alpha):
     """Validate an `enable_lora` call on one of the package's layers."""
     rank = _checks.positive_int("rank", rank)
-    if lora_alpha is not None:
-        lora_alpha = _checks.positive_float("lora_alpha", lora_alpha)
+    lora_alpha = _checks.positive_float("lora_alpha", lora_alpha, True)
     if not layer.built:
         raise ValueError(
             f"Cannot enable LoRA on layer '{layer.name}' before it is built "

@@ -206,6 +206,28 @@ def load_hf(model_dir, **kwargs):
     return loader[config["model_type"]](model_dir, **kwargs)
 
 
+def _check_pooling(pooling):
+    if pooling not in POOLING_MODES:
+        raise _checks.invalid("pooling", f"one of {POOLING_MODES}", pooling)
+
+
+def _dimensions(config):
+    """(hidden_size, num_attention_heads, intermediate_size), checked."""
+    hidden = config["hidden_size"]
+    heads = config["num_attention_heads"]
+    if hidden % heads:
+        raise ValueError(
+            f"hidden_size={hidden} is not divisible by "
+            f"num_attention_heads={heads}"
+        )
+    return hidden, heads, config["intermediate_size"]
+
+
+def _int_input(name):
+    """A (batch, sequence) int32 model input: a signature name."""
+    return keras.Input((None,), dtype="int32", name=name)
+
+
 def _model_name(config):
     return f"{config['model_type']}_{config['num_hidden_layers']}_layers"
 
@@ -241,30 +263,19 @@ def load_hf_bert(
     Returns:
         A `keras.Model`.
     """
-    if pooling not in POOLING_MODES:
-        raise _checks.invalid("pooling", f"one of {POOLING_MODES}", pooling)
+    _check_pooling(pooling)
     config, weights = _read_hf(model_dir, ("bert",))
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(
             "Unsupported position_embedding_type="
             f"{config['position_embedding_type']!r}; only 'absolute'"
         )
-    hidden = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    intermediate = config["intermediate_size"]
+    hidden, heads, intermediate = _dimensions(config)
     epsilon = config.get("layer_norm_eps", 1e-12)
-    if hidden % heads:
-        raise ValueError(
-            f"hidden_size={hidden} is not divisible by "
-            f"num_attention_heads={heads}"
-        )
 
-    def int_input(name):
-        return keras.Input((None,), dtype="int32", name=name)
-
-    input_ids = int_input("input_ids")
-    attention_mask = int_input("attention_mask")
-    token_type_ids = int_input("token_type_ids")
+    input_ids = _int_input("input_ids")
+    attention_mask = _int_input("attention_mask")
+    token_type_ids = _int_input("token_type_ids")
 
     word = keras.layers.Embedding(
         config["vocab_size"], hidden, name="word_embeddings"
@@ -448,18 +459,10 @@ def load_hf_modernbert(
     Returns:
         A `keras.Model`.
     """
-    if pooling not in POOLING_MODES:
-        raise _checks.invalid("pooling", f"one of {POOLING_MODES}", pooling)
+    _check_pooling(pooling)
     config, weights = _read_hf(model_dir, ("modernbert",))
-    hidden = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    intermediate = config["intermediate_size"]
+    hidden, heads, intermediate = _dimensions(config)
     epsilon = config.get("norm_eps", 1e-5)
-    if hidden % heads:
-        raise ValueError(
-            f"hidden_size={hidden} is not divisible by "
-            f"num_attention_heads={heads}"
-        )
     use_bias = config.get("attention_bias", False)
     if config.get("mlp_bias", False) != use_bias:
         raise ValueError(
@@ -471,16 +474,13 @@ def load_hf_modernbert(
     activation = HF_ACTIVATIONS[config.get("hidden_activation", "gelu")]
     layers = _modernbert_layers(config)
 
-    def int_input(name):
-        return keras.Input((None,), dtype="int32", name=name)
-
     def norm(name):
         return keras.layers.LayerNormalization(
             epsilon=epsilon, center=norm_bias, name=name
         )
 
-    input_ids = int_input("input_ids")
-    attention_mask = int_input("attention_mask")
+    input_ids = _int_input("input_ids")
+    attention_mask = _int_input("attention_mask")
     embeddings = keras.layers.Embedding(
         config["vocab_size"], hidden, name="token_embeddings"
     )

@@ -158,19 +158,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.flash_attention = _checks.flash_attention(
             flash_attention, "dropout", self.dropout
         )
-        self.rotary_max_wavelength = _checks.rotary_max_wavelength(
-            rotary_max_wavelength
+        (
+            self.rotary_max_wavelength,
+            self.rotary_fraction,
+            self.sliding_window,
+            self.lora_rank,
+            self.lora_alpha,
+        ) = _checks.attention_options(
+            rotary_max_wavelength,
+            rotary_fraction,
+            sliding_window,
+            lora_rank,
+            lora_alpha,
         )
-        self.rotary_fraction = _checks.fraction(
-            "rotary_fraction", rotary_fraction
-        )
-        self.sliding_window = _checks.positive_int(
-            "sliding_window", sliding_window, True
-        )
-        self.lora_rank = _checks.positive_int("lora_rank", lora_rank, True)
-        self.lora_alpha = None
-        if lora_alpha is not None:
-            self.lora_alpha = _checks.positive_float("lora_alpha", lora_alpha)
         self.supports_masking = True
 
     def build(self, input_shape):
