@@ -33,10 +33,11 @@ from keras import backend
 from keras import ops
 
 try:  # Reads masks on every backend (JAX arrays cannot carry attributes).
-    from keras.src.backend import get_keras_mask as _get_keras_mask
+    from keras.src.backend import get_keras_mask as keras_mask
 except ImportError:  # pragma: no cover - older or reorganised Keras.
 
-    def _get_keras_mask(x):
+    def keras_mask(x):
+        """The implicit Keras mask that `x` carries, or None."""
         return getattr(x, "_keras_mask", None)
 
 
@@ -124,7 +125,7 @@ def check_inputs(inputs):
 def _padding_sources(inputs, mask):
     """The distinct (B, S) padding masks: explicit, then implicit."""
     sources = []
-    for m in (as_mask(mask), _get_keras_mask(inputs)):
+    for m in (as_mask(mask), keras_mask(inputs)):
         if m is not None and not any(m is seen for seen in sources):
             sources.append(m)
     return sources

@@ -967,7 +967,7 @@ def verify(
     for name, tensor in expected.items():
         want = keras.ops.convert_to_numpy(tensor).astype("float64")
         have = np.asarray(got[name], dtype="float64")
-        mask = _masking._get_keras_mask(tensor)
+        mask = _masking.keras_mask(tensor)
         if mask is not None and want.ndim >= 2:
             real = keras.ops.convert_to_numpy(mask).astype(bool)
             want, have = want[real], have[real]

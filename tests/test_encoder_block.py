@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_encoder import EncoderBlock
-from keras_encoder._masking import _get_keras_mask
+from keras_encoder._masking import keras_mask
 from tests import numpy_reference as ref
 from tests.helpers import block_weights
 from tests.helpers import padding_mask
@@ -155,7 +155,7 @@ def test_attention_scores_and_mask_are_passed_on():
     block = EncoderBlock(num_heads=2, intermediate_dim=8)
     out, scores = block(embedded, return_attention_scores=True)
     assert out.shape == (2, 4, 8) and scores.shape == (2, 2, 4, 4)
-    np.testing.assert_array_equal(to_numpy(_get_keras_mask(out)), tokens != 0)
+    np.testing.assert_array_equal(to_numpy(keras_mask(out)), tokens != 0)
     assert (to_numpy(scores)[0, :, :, 3] == 0).all()
     assert (to_numpy(scores)[1] == 0).all()
 

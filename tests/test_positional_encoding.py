@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_encoder import PositionalEncoding
-from keras_encoder._masking import _get_keras_mask
+from keras_encoder._masking import keras_mask
 from keras_encoder.positional_encoding import sinusoid_table
 from tests import numpy_reference as ref
 from tests.helpers import to_numpy
@@ -101,5 +101,5 @@ def test_mask_passes_through():
     embedded = keras.layers.Embedding(10, 4, mask_zero=True)(tokens)
     layer = PositionalEncoding(max_length=4)
     out = layer(embedded)
-    np.testing.assert_array_equal(to_numpy(_get_keras_mask(out)), tokens != 0)
+    np.testing.assert_array_equal(to_numpy(keras_mask(out)), tokens != 0)
     assert layer.compute_mask(embedded, None) is None
