@@ -7,9 +7,10 @@ it, so scores grow by its square) and each mode, prints the cosine and max
 abs diff of the TFLite token states against float Keras at real tokens,
 and the size. The `int8 (naive fill)` row converts the same model with the
 masked scores filled with about -1e9 (what a constant additive or `where`
-fill does), to show what the row-minimum fill in `keras_encoder._masking`
-fixes. With `--debugger`, TFLite's quantization debugger lists the tensors
-with the largest error (RMSE / scale) in the full-int8 model.
+fill does), to show what the row-minimum fill of the attention
+(`keras_encoder._attention.masked_softmax`) fixes. With `--debugger`,
+TFLite's quantization debugger lists the tensors with the largest error
+(RMSE / scale) in the full-int8 model.
 """
 
 import argparse
@@ -25,19 +26,26 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_encoder  # noqa: E402
-from keras_encoder import _masking  # noqa: E402
 from keras_encoder import export  # noqa: E402
 
 VOCAB, LENGTH, WIDTH = 100, 32, 64
 
 
-def build(peak, seed=0):
+class NaiveFillAttention(keras_encoder.MultiHeadSelfAttention):
+    fill_margin = 1e9  # masked scores at about -1e9
+
+
+class NaiveFillBlock(keras_encoder.EncoderBlock):
+    attention_class = NaiveFillAttention
+
+
+def build(peak, seed=0, block_class=keras_encoder.EncoderBlock):
     keras.utils.set_random_seed(seed)
     ids = keras.Input((None,), dtype="int32", name="input_ids")
     x = keras.layers.Embedding(VOCAB, WIDTH, mask_zero=True)(ids)
     x = keras_encoder.PositionalEncoding(LENGTH)(x)
     for i in range(2):
-        block = keras_encoder.EncoderBlock(4, 2 * WIDTH, name=f"block_{i}")
+        block = block_class(4, 2 * WIDTH, name=f"block_{i}")
         x = block(x)
         for dense in (block.attention.query_dense, block.attention.key_dense):
             dense.kernel.assign(dense.kernel * peak)
@@ -94,23 +102,19 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for peak in args.peaks:
             model = build(peak)
+            naive = build(peak, block_class=NaiveFillBlock)
+            naive.set_weights(model.get_weights())
             cases = [
-                (m, m, _masking._FILL_MARGIN)
-                for m in (None, "float16", "dynamic", "int8")
+                (m, m, model) for m in (None, "float16", "dynamic", "int8")
             ]
-            cases.append(("int8 (naive fill)", "int8", 1e9))
-            for name, mode, margin in cases:
-                saved_margin = _masking._FILL_MARGIN
-                _masking._FILL_MARGIN = margin
-                try:
-                    path = export.to_tflite(
-                        model,
-                        os.path.join(tmp, "model.tflite"),
-                        quantize=mode,
-                        representative_data=calibration,
-                    )
-                finally:
-                    _masking._FILL_MARGIN = saved_margin
+            cases.append(("int8 (naive fill)", "int8", naive))
+            for name, mode, exported in cases:
+                path = export.to_tflite(
+                    exported,
+                    os.path.join(tmp, "model.tflite"),
+                    quantize=mode,
+                    representative_data=calibration,
+                )
                 result = export.verify(model, path, test_ids)
                 print(
                     f"| {peak:g} | {name or 'float32'} | "

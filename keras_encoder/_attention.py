@@ -8,7 +8,7 @@ exactly zero weight, so padded content never reaches a real position.
 
 - `materialized` computes the (B, H, S, S) scores and probabilities in
   float32 (also under mixed precision) with the quantization-friendly fill
-  of `_masking.masked_softmax`. It is the only path that can return the
+  of `masked_softmax`. It is the only path that can return the
   probabilities or apply dropout to them, and the one TensorFlow and TFLite
   use: TensorFlow has no fused kernel, and int8 TFLite depends on the fill.
 - `fused` calls `keras.ops.dot_product_attention`, which runs the backend's
@@ -17,14 +17,81 @@ exactly zero weight, so padded content never reaches a real position.
   memory linear in S, not S^2).
 """
 
+import numpy as np
 from keras import backend
 from keras import ops
 
-from keras_encoder import _masking
+# Masked scores are replaced by a fill below the row's smallest score:
+# `min + min(min, 0) - margin`, at least `margin` below every score of the
+# row. With the default margin of 128, exp(fill - max) <= exp(-128)
+# underflows to exactly 0 in float32: masked keys get exactly zero weight
+# (and zero gradient) before the final `where`, for real scores of any
+# magnitude (doubling a negative minimum moves it far more than its
+# rounding; `min - 128` alone rounds back onto the minimum beyond about
+# 2^33). The fill stays within 128 plus the row's own low end of the real
+# scores, so int8 calibration keeps their resolution; a constant like -1e9
+# would stretch the range until every real score quantizes to one level
+# (uniform attention).
+FILL_MARGIN = 128.0
+# The most negative finite value of each float dtype.
+LOWEST = {
+    "float16": float(np.finfo("float16").min),
+    "bfloat16": -3.3895313892515355e38,
+    "float32": float(np.finfo("float32").min),
+    "float64": float(np.finfo("float64").min),
+}
+
+
+def masked_softmax(scores, mask=None, rows=None, fill_margin=FILL_MARGIN):
+    """Softmax over the last axis in float32, exactly 0 where masked.
+
+    Rows with no attendable key come out all zero, not uniform and not NaN.
+
+    Args:
+        scores: (..., S_q, S_k) scores.
+        mask: boolean mask broadcastable to `scores`, True = may attend,
+            or None.
+        rows: optional boolean (..., S_q, 1) mask of the query rows that
+            may attend to anything, when `mask` holds only the keys' side
+            (a padding-only mask: (B, 1, 1, S) keys, (B, 1, S, 1) rows).
+            Defaults to `mask` itself.
+        fill_margin: float, how far below the row's smallest score masked
+            scores are filled. Defaults to `FILL_MARGIN` (128), at which
+            their exp underflows to exactly 0 in float32.
+    """
+    scores = ops.cast(scores, "float32")
+    if scores.shape[-1] == 0:
+        return scores  # Zero-length sequences: nothing to normalise.
+    if scores.shape[-1] == 1:
+        # A single key gets all the weight (Keras warns on a size-1 softmax).
+        probs = ops.ones_like(scores)
+    elif mask is None:
+        return ops.softmax(scores, axis=-1)
+    else:
+        # exp(fill - max) <= exp(-128) is exactly 0 in float32: masked keys
+        # get no weight in any row that has a real key.
+        low = ops.min(scores, axis=-1, keepdims=True)
+        # Saturated at float32's lowest: below about -1.7e38 the sum would
+        # overflow to -inf, and a row of -inf gives NaN gradients.
+        fill = ops.maximum(
+            low + ops.minimum(low, 0.0) - fill_margin, LOWEST["float32"]
+        )
+        probs = ops.softmax(ops.where(mask, scores, fill), axis=-1)
+    if mask is None:
+        return probs
+    return ops.where(mask if rows is None else rows, probs, 0.0)
 
 
 def materialized(
-    query, key, value, mask, *, scale, dropout=None, training=None
+    query,
+    key,
+    value,
+    mask,
+    *,
+    scale,
+    dropout=None,
+    training=None,
+    fill_margin=FILL_MARGIN,
 ):
     """Attention with explicit scores. Returns (context, probabilities).
 
@@ -35,6 +102,7 @@ def materialized(
         scale: float, multiplies the queries before the product.
         dropout: optional `keras.layers.Dropout` for the probabilities.
         training: bool, whether dropout is active.
+        fill_margin: float, passed to `masked_softmax`.
 
     Returns:
         (B, S, H, Dv) context and (B, H, S, S) probabilities, both in the
@@ -51,18 +119,19 @@ def materialized(
         # by Keras's autocast under mixed precision, where -1e5 is -inf)
         # must not make a row of -inf, whose softmax is NaN.
         scores = ops.maximum(
-            scores + ops.cast(mask.bias, "float32"), _masking.FLOAT32_LOWEST
+            scores + ops.cast(mask.bias, "float32"), LOWEST["float32"]
         )
     if mask.padding is not None and mask.pairwise is None and not mask.causal:
         # Padding only: keys and query rows apart, no (B, 1, S, S) mask.
         pad = ops.expand_dims(mask.padding, 1)  # (B, 1, S)
-        probs = _masking.masked_softmax(
+        probs = masked_softmax(
             scores,
             ops.expand_dims(pad, 2),  # (B, 1, 1, S) keys
             rows=ops.expand_dims(pad, 3),  # (B, 1, S, 1) queries
+            fill_margin=fill_margin,
         )
     else:
-        probs = _masking.masked_softmax(scores, mask.dense())
+        probs = masked_softmax(scores, mask.dense(), fill_margin=fill_margin)
     probs = ops.cast(probs, dtype)
     weights = probs if dropout is None else dropout(probs, training=training)
     context = ops.einsum("bhqk,bkhd->bqhd", weights, value)  # (B, S, H, Dv)
@@ -95,9 +164,7 @@ def fused(query, key, value, mask, *, scale):
         dtype = backend.standardize_dtype(query.dtype)
         # Saturated at the dtype's lowest: a -inf from an overflowing bias
         # would make a row of -inf (NaN); -inf only where masked.
-        kernel_bias = ops.maximum(
-            ops.cast(mask.bias, dtype), _masking.LOWEST[dtype]
-        )
+        kernel_bias = ops.maximum(ops.cast(mask.bias, dtype), LOWEST[dtype])
         dense = mask.dense()
         if dense is not None:
             allowed, keep = _open_empty_rows(dense)

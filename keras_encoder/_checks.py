@@ -81,20 +81,41 @@ def _rotary_max_wavelength(value):
     return float(value)
 
 
-def attention_options(
-    rotary_max_wavelength,
-    rotary_fraction,
-    sliding_window,
-    lora_rank,
-    lora_alpha,
-):
-    """The position, window and LoRA arguments that `MultiHeadSelfAttention`
-    and `EncoderBlock` share, checked: (rotary_max_wavelength,
-    rotary_fraction, sliding_window, lora_rank, lora_alpha)."""
+# The attention options that `EncoderBlock` forwards to its
+# `MultiHeadSelfAttention` unchanged: in both layers the same constructor
+# argument (name and default), attribute and config key, checked here.
+# A new attention option is one entry here, its argument and docstring in
+# both signatures, and its use in `MultiHeadSelfAttention`.
+ATTENTION_OPTIONS = {
+    "key_dim": (None, lambda v: positive_int("key_dim", v, True)),
+    "flash_attention": (None, lambda v: optional_bool("flash_attention", v)),
+    "rotary_max_wavelength": (None, _rotary_max_wavelength),
+    "rotary_fraction": (1.0, lambda v: fraction("rotary_fraction", v)),
+    "sliding_window": (
+        None,
+        lambda v: positive_int("sliding_window", v, True),
+    ),
+}
+
+
+def attention_options(arguments):
+    """The `ATTENTION_OPTIONS` found in `arguments` (a layer constructor's
+    `locals()`), checked: {name: value}."""
+    return {
+        name: check(arguments[name])
+        for name, (_, check) in ATTENTION_OPTIONS.items()
+    }
+
+
+def attention_config(layer):
+    """{name: value} of `layer`'s `ATTENTION_OPTIONS`: for its config, and
+    what `EncoderBlock` passes on to its attention."""
+    return {name: getattr(layer, name) for name in ATTENTION_OPTIONS}
+
+
+def lora_options(lora_rank, lora_alpha):
+    """(lora_rank, lora_alpha), checked."""
     return (
-        _rotary_max_wavelength(rotary_max_wavelength),
-        fraction("rotary_fraction", rotary_fraction),
-        positive_int("sliding_window", sliding_window, True),
         positive_int("lora_rank", lora_rank, True),
         positive_float("lora_alpha", lora_alpha, True),
     )
@@ -112,10 +133,9 @@ def optional_bool(name, value):
     return value
 
 
-def flash_attention(value, dropout_name, dropout):
-    """`flash_attention`: None, True or False; True needs no attention
-    dropout (`dropout_name` = `dropout`), which the fused kernel lacks."""
-    value = optional_bool("flash_attention", value)
+def fused_without_dropout(value, dropout_name, dropout):
+    """Refuse `flash_attention=True` with attention dropout
+    (`dropout_name` = `dropout`), which the fused kernel lacks."""
     if value and dropout > 0:
         raise ValueError(
             "Received an invalid value for argument `flash_attention`: the "
@@ -145,8 +165,12 @@ def clone_initializer(initializer, salt=""):
 
     A seeded initializer is copied with its seed offset by a hash of `salt`
     (the sublayer's name), so that, e.g., the query, key and value kernels
-    of one layer do not start equal; the result stays reproducible.
+    of one layer do not start equal; the result stays reproducible. Any
+    other callable `(shape, dtype=None)` is used as it is, as
+    `keras.layers.Dense` and keras-hub's `clone_initializer` do.
     """
+    if not isinstance(initializer, keras.initializers.Initializer):
+        return initializer
     config = initializer.get_config()
     if isinstance(config.get("seed"), int) and salt:
         config["seed"] += zlib.crc32(salt.encode()) % 2**16

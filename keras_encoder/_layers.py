@@ -101,50 +101,102 @@ def _relative_path(layer, sub):
 LORA_WEIGHTS = ("lora_kernel_a", "lora_kernel_b")
 
 
-def enable_lora(projections, rank, lora_alpha, a_initializer, b_initializer):
-    """`Dense.enable_lora` on each of `projections` (built `Dense` layers)."""
-    for dense in projections:
-        dense.enable_lora(
-            rank,
-            lora_alpha=lora_alpha,
-            a_initializer=a_initializer,
-            b_initializer=b_initializer,
-        )
+class LoraMixin:
+    """LoRA and quantization support for a layer whose `Dense` sublayers
+    are its `projection_layers()`, with `lora_rank` and `lora_alpha`
+    attributes (constructor arguments kept in its config)."""
 
+    # The composite layer that records this layer's LoRA: see
+    # `set_lora_owner`.
+    _lora_owner = None
 
-def freeze_all_but_lora(layer):
-    """Make every weight of `layer` but the LoRA factors non-trainable:
-    `Dense.enable_lora` freezes the kernel only, and LoRA fine-tuning
-    trains the low-rank factors alone (biases and norms included)."""
-    for weight in layer.weights:
-        if not weight.path.endswith(LORA_WEIGHTS):
-            weight.trainable = False
+    def projection_layers(self):
+        """The `Dense` sublayers: what Keras quantization and LoRA act on."""
+        raise NotImplementedError
 
+    def set_lora_owner(self, owner_name):
+        """Make the block named `owner_name` (an `EncoderBlock`, or another
+        composite layer that holds this one and rebuilds it from its own
+        config) the layer that enables and records LoRA here: LoRA enabled
+        on this layer alone would not be saved, so `enable_lora` then
+        refuses and names the owner."""
+        self._lora_owner = owner_name
 
-def check_lora_call(layer, rank, lora_alpha):
-    """Validate an `enable_lora` call on one of the package's layers."""
-    rank = _checks.positive_int("rank", rank)
-    lora_alpha = _checks.positive_float("lora_alpha", lora_alpha, True)
-    if not layer.built:
-        raise ValueError(
-            f"Cannot enable LoRA on layer '{layer.name}' before it is built "
-            "(call it on data, or build it, first)"
-        )
-    if layer.lora_rank:
-        raise ValueError(
-            f"LoRA is already enabled on layer '{layer.name}' (rank "
-            f"{layer.lora_rank}); it can be enabled once"
-        )
-    if getattr(layer, "_in_block", None):
-        raise ValueError(
-            f"Layer '{layer.name}' is the attention of EncoderBlock "
-            f"'{layer._in_block}': call the block's enable_lora, whose "
-            "config records LoRA (the attention's alone would not be saved)"
-        )
-    if any(d.quantization_mode == "float8" for d in layer._projections()):
-        raise ValueError(
-            f"Cannot enable LoRA on layer '{layer.name}': it is quantized to "
-            "float8, whose Keras Dense does not support LoRA (int8 and int4 "
-            "do)"
-        )
-    return rank, lora_alpha
+    def enable_lora(
+        self,
+        rank,
+        lora_alpha=None,
+        a_initializer="he_uniform",
+        b_initializer="zeros",
+    ):
+        """Low-rank adaptation (Hu et al., 2021) of `projection_layers()`.
+
+        Each projection gets trainable factors A (in, rank) and B (rank,
+        out), B zero at first, and computes `x W + (lora_alpha / rank)
+        x A B` (`keras.layers.Dense.enable_lora`); every other weight of
+        the layer (kernels, biases, norms) stops training. Saved `.keras`
+        files hold the merged kernels and `lora_rank`, so a reloaded layer
+        gives the same outputs and trains LoRA factors again.
+
+        Args:
+            rank: int, the rank of the factors.
+            lora_alpha: float, the scale numerator. Defaults to `rank`.
+            a_initializer, b_initializer: initializers of A and B.
+                Default to `"he_uniform"` and `"zeros"`.
+        """
+        rank = _checks.positive_int("rank", rank)
+        lora_alpha = _checks.positive_float("lora_alpha", lora_alpha, True)
+        if self._lora_owner is not None:
+            raise ValueError(
+                f"Layer '{self.name}' is the attention of block "
+                f"'{self._lora_owner}': call the block's enable_lora, whose "
+                "config records LoRA (the attention's alone would not be "
+                "saved)"
+            )
+        if not self.built:
+            raise ValueError(
+                f"Cannot enable LoRA on layer '{self.name}' before it is "
+                "built (call it on data, or build it, first)"
+            )
+        if self.lora_rank:
+            raise ValueError(
+                f"LoRA is already enabled on layer '{self.name}' (rank "
+                f"{self.lora_rank}); it can be enabled once"
+            )
+        if any(
+            d.quantization_mode == "float8" for d in self.projection_layers()
+        ):
+            raise ValueError(
+                f"Cannot enable LoRA on layer '{self.name}': it is quantized "
+                "to float8, whose Keras Dense does not support LoRA (int8 "
+                "and int4 do)"
+            )
+        self._apply_lora(rank, lora_alpha, a_initializer, b_initializer)
+        self.lora_rank, self.lora_alpha = rank, lora_alpha
+
+    def _apply_lora(self, rank, lora_alpha, a_initializer, b_initializer):
+        """`Dense.enable_lora` on every projection; then every weight but
+        the LoRA factors stops training (`Dense.enable_lora` freezes the
+        kernel only, and LoRA fine-tuning trains the factors alone)."""
+        for dense in self.projection_layers():
+            dense.enable_lora(
+                rank,
+                lora_alpha=lora_alpha,
+                a_initializer=a_initializer,
+                b_initializer=b_initializer,
+            )
+        for weight in self.weights:
+            if not weight.path.endswith(LORA_WEIGHTS):
+                weight.trainable = False
+
+    def _build_lora(self):
+        """At the end of `build`: LoRA at the `lora_rank` of the
+        constructor or a saved config."""
+        if self.lora_rank:
+            self._apply_lora(
+                self.lora_rank, self.lora_alpha, "he_uniform", "zeros"
+            )
+
+    def _dtype_config(self):
+        """The serialized dtype for `get_config` (see `dtype_config`)."""
+        return dtype_config(self, self.projection_layers())

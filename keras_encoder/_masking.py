@@ -41,27 +41,6 @@ except ImportError:  # pragma: no cover - older or reorganised Keras.
         return getattr(x, "_keras_mask", None)
 
 
-# Masked scores are replaced by a fill below the row's smallest score:
-# `min + min(min, 0) - 128`, at least 128 below every score of the row, so
-# exp(fill - max) <= exp(-128) underflows to exactly 0 in float32: masked
-# keys get exactly zero weight (and zero gradient) before the final
-# `where`, for real scores of any magnitude (doubling a negative minimum
-# moves it far more than its rounding; `min - 128` alone rounds back onto
-# the minimum beyond about 2^33). The fill stays within 128 plus the
-# row's own low end of the real scores, so int8 calibration keeps their
-# resolution; a constant like -1e9 would stretch the range until every
-# real score quantizes to one level (uniform attention).
-_FILL_MARGIN = 128.0
-# The most negative finite value of each float dtype.
-LOWEST = {
-    "float16": float(np.finfo("float16").min),
-    "bfloat16": -3.3895313892515355e38,
-    "float32": float(np.finfo("float32").min),
-    "float64": float(np.finfo("float64").min),
-}
-FLOAT32_LOWEST = LOWEST["float32"]
-
-
 def _dtype_name(x):
     """The portable dtype name ("bool", "int32", ...) on every backend."""
     return backend.standardize_dtype(x.dtype)
@@ -391,40 +370,3 @@ class AttentionMask:
 
 def _and(a, b):
     return b if a is None else ops.logical_and(a, b)
-
-
-def masked_softmax(scores, mask=None, rows=None):
-    """Softmax over the last axis in float32, exactly 0 where masked.
-
-    Rows with no attendable key come out all zero, not uniform and not NaN.
-
-    Args:
-        scores: (..., S_q, S_k) scores.
-        mask: boolean mask broadcastable to `scores`, True = may attend,
-            or None.
-        rows: optional boolean (..., S_q, 1) mask of the query rows that
-            may attend to anything, when `mask` holds only the keys' side
-            (a padding-only mask: (B, 1, 1, S) keys, (B, 1, S, 1) rows).
-            Defaults to `mask` itself.
-    """
-    scores = ops.cast(scores, "float32")
-    if scores.shape[-1] == 0:
-        return scores  # Zero-length sequences: nothing to normalise.
-    if scores.shape[-1] == 1:
-        # A single key gets all the weight (Keras warns on a size-1 softmax).
-        probs = ops.ones_like(scores)
-    elif mask is None:
-        return ops.softmax(scores, axis=-1)
-    else:
-        # exp(fill - max) <= exp(-128) is exactly 0 in float32: masked keys
-        # get no weight in any row that has a real key.
-        low = ops.min(scores, axis=-1, keepdims=True)
-        # Saturated at float32's lowest: below about -1.7e38 the sum would
-        # overflow to -inf, and a row of -inf gives NaN gradients.
-        fill = ops.maximum(
-            low + ops.minimum(low, 0.0) - _FILL_MARGIN, FLOAT32_LOWEST
-        )
-        probs = ops.softmax(ops.where(mask, scores, fill), axis=-1)
-    if mask is None:
-        return probs
-    return ops.where(mask if rows is None else rows, probs, 0.0)

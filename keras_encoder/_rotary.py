@@ -33,6 +33,20 @@ def rotary_dim(head_dim, fraction):
     return 2 * (int(head_dim * fraction + 1e-9) // 2)
 
 
+def head_frequencies(head_dim, fraction, max_wavelength):
+    """The inverse frequencies of a head of `head_dim` features rotated at
+    `fraction` (`rotary_fraction`); a `ValueError` when it leaves fewer
+    than 2 features to rotate."""
+    dim = rotary_dim(head_dim, fraction)
+    if dim < 2:
+        raise ValueError(
+            "Received an invalid value for argument `rotary_fraction`: it "
+            f"leaves {dim} of the {head_dim} features of a head to rotate "
+            f"(at least 2 are needed). Received: rotary_fraction={fraction}"
+        )
+    return inverse_frequencies(dim, max_wavelength)
+
+
 def inverse_frequencies(dim, max_wavelength):
     """(dim // 2,) float32: 1 / max_wavelength ** (2 i / dim), rounded as
     Hugging Face's `compute_default_rope_parameters` rounds it in float32:

@@ -12,7 +12,7 @@ NORMALIZATIONS = ("layer_norm", "rms_norm")
 
 
 @keras.saving.register_keras_serializable(package="keras_encoder")
-class EncoderBlock(keras.layers.Layer):
+class EncoderBlock(_layers.LoraMixin, keras.layers.Layer):
     """One Transformer encoder block: self-attention, then feed-forward.
 
     Two sublayers, each with dropout on its output, a residual connection
@@ -146,6 +146,11 @@ class EncoderBlock(keras.layers.Layer):
           (ModernBERT)
     """
 
+    # The self-attention layer the block builds: a subclass of
+    # `MultiHeadSelfAttention` (e.g. one overriding `_compute_attention`)
+    # plugs a new attention scheme into every block of a subclass.
+    attention_class = MultiHeadSelfAttention
+
     def __init__(
         self,
         num_heads,
@@ -193,7 +198,6 @@ class EncoderBlock(keras.layers.Layer):
         self.layer_norm_epsilon = _checks.positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
-        self.key_dim = _checks.positive_int("key_dim", key_dim, True)
         self.use_bias = bool(use_bias)
         norm_bias = _checks.optional_bool("norm_bias", norm_bias)
         self.norm_bias = self.use_bias if norm_bias is None else norm_bias
@@ -208,21 +212,15 @@ class EncoderBlock(keras.layers.Layer):
         self.attention_norm = _checks.boolean("attention_norm", attention_norm)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.flash_attention = _checks.flash_attention(
-            flash_attention, "attention_dropout", self.attention_dropout
+        # key_dim, flash_attention, rotary_*, sliding_window: passed on to
+        # the attention.
+        for name, value in _checks.attention_options(locals()).items():
+            setattr(self, name, value)
+        _checks.fused_without_dropout(
+            self.flash_attention, "attention_dropout", self.attention_dropout
         )
-        (
-            self.rotary_max_wavelength,
-            self.rotary_fraction,
-            self.sliding_window,
-            self.lora_rank,
-            self.lora_alpha,
-        ) = _checks.attention_options(
-            rotary_max_wavelength,
-            rotary_fraction,
-            sliding_window,
-            lora_rank,
-            lora_alpha,
+        self.lora_rank, self.lora_alpha = _checks.lora_options(
+            lora_rank, lora_alpha
         )
         self.supports_masking = True
 
@@ -268,20 +266,16 @@ class EncoderBlock(keras.layers.Layer):
             "bias_initializer": self.bias_initializer,
         }
         # Self-attention sublayer.
-        self.attention = MultiHeadSelfAttention(
+        self.attention = self.attention_class(
             num_heads=self.num_heads,
-            key_dim=self.key_dim,
             dropout=self.attention_dropout,
-            flash_attention=self.flash_attention,
-            rotary_max_wavelength=self.rotary_max_wavelength,
-            rotary_fraction=self.rotary_fraction,
-            sliding_window=self.sliding_window,
             name="self_attention",
+            **_checks.attention_config(self),
             **common,
         )
         self.attention.build(input_shape)
         # Its LoRA goes through the block's enable_lora and config.
-        self.attention._in_block = self.name
+        self.attention.set_lora_owner(self.name)
         self.attention_layer_norm = None
         if self.attention_norm:
             self.attention_layer_norm = self._norm(
@@ -313,38 +307,7 @@ class EncoderBlock(keras.layers.Layer):
         )
         self.input_spec = keras.InputSpec(axes={-1: width})
         self.built = True
-        if self.lora_rank:  # from the constructor, or a saved config
-            _layers.enable_lora(
-                self._projections(),
-                self.lora_rank,
-                self.lora_alpha,
-                "he_uniform",
-                "zeros",
-            )
-            self.attention.lora_rank = self.lora_rank
-            self.attention.lora_alpha = self.lora_alpha
-            _layers.freeze_all_but_lora(self)
-
-    def enable_lora(
-        self,
-        rank,
-        lora_alpha=None,
-        a_initializer="he_uniform",
-        b_initializer="zeros",
-    ):
-        """Low-rank adaptation of all six dense layers (query, key, value,
-        attention output, feed-forward in and out); every other weight of
-        the block (kernels, biases, norms) stops training. See
-        `MultiHeadSelfAttention.enable_lora`.
-        """
-        rank, lora_alpha = _layers.check_lora_call(self, rank, lora_alpha)
-        _layers.enable_lora(
-            self._projections(), rank, lora_alpha, a_initializer, b_initializer
-        )
-        _layers.freeze_all_but_lora(self)
-        self.lora_rank, self.lora_alpha = rank, lora_alpha
-        self.attention.lora_rank = rank
-        self.attention.lora_alpha = lora_alpha
+        self._build_lora()
 
     def call(
         self,
@@ -371,7 +334,7 @@ class EncoderBlock(keras.layers.Layer):
         residual = x
         if self.norm_first and self.attention_layer_norm is not None:
             x = self.attention_layer_norm(x)
-        x, scores = self.attention._attend_rows(
+        x, scores = self.attention.call_on_rows(
             x,
             (batch, length),
             masks,
@@ -435,7 +398,6 @@ class EncoderBlock(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation),
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                "key_dim": self.key_dim,
                 "use_bias": self.use_bias,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
@@ -443,25 +405,23 @@ class EncoderBlock(keras.layers.Layer):
                 "bias_initializer": keras.initializers.serialize(
                     self.bias_initializer
                 ),
-                "flash_attention": self.flash_attention,
                 "feedforward": self.feedforward,
                 "normalization": self.normalization,
                 "norm_bias": self.norm_bias,
                 "attention_norm": self.attention_norm,
-                "rotary_max_wavelength": self.rotary_max_wavelength,
-                "rotary_fraction": self.rotary_fraction,
-                "sliding_window": self.sliding_window,
+                **_checks.attention_config(self),
                 "lora_rank": self.lora_rank,
                 "lora_alpha": self.lora_alpha,
             }
         )
         if self.built:
-            config["dtype"] = _layers.dtype_config(self, self._projections())
+            config["dtype"] = self._dtype_config()
         return config
 
-    def _projections(self):
-        """Every dense sublayer: what quantization and LoRA act on."""
-        return self.attention._projections() + [
+    def projection_layers(self):
+        """Every `Dense` sublayer (the attention's four, the feed-forward
+        network's two): what Keras quantization and LoRA act on."""
+        return self.attention.projection_layers() + [
             self.intermediate_dense,
             self.output_dense,
         ]

@@ -9,9 +9,15 @@ from keras_encoder import _layers
 from keras_encoder import _masking
 from keras_encoder import _rotary
 
+# False after `keras.config.disable_flash_attention()`, else None or True
+# (a Keras without the switch: always None).
+_flash_attention_switch = getattr(
+    keras.config, "is_flash_attention_enabled", lambda: None
+)
+
 
 @keras.saving.register_keras_serializable(package="keras_encoder")
-class MultiHeadSelfAttention(keras.layers.Layer):
+class MultiHeadSelfAttention(_layers.LoraMixin, keras.layers.Layer):
     """Multi-head scaled dot-product self-attention.
 
     Projects the inputs to queries, keys and values for each of `num_heads`
@@ -55,7 +61,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             fused kernel (cuDNN flash attention on JAX + GPU,
             `scaled_dot_product_attention` on torch). `None` uses it
             whenever it can: on the JAX and torch backends, when the scores
-            are not requested and attention dropout is inactive. `True`
+            are not requested and attention dropout is inactive, unless
+            `keras.config.disable_flash_attention()` was called. `True`
             always uses it and raises a `ValueError` saying why where it
             cannot (on TensorFlow, which has no fused kernel; with
             `dropout > 0`; with `return_attention_scores=True`; on JAX with
@@ -130,6 +137,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         - [Su et al., 2021](https://arxiv.org/abs/2104.09864) (RoPE)
     """
 
+    # How far below a row's smallest score masked scores are filled (see
+    # `_attention.masked_softmax`): float outputs do not depend on it, int8
+    # TFLite calibration does. A subclass may set another.
+    fill_margin = _attention.FILL_MARGIN
+
     def __init__(
         self,
         num_heads,
@@ -149,27 +161,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
-        self.key_dim = _checks.positive_int("key_dim", key_dim, True)
         self.value_dim = _checks.positive_int("value_dim", value_dim, True)
         self.dropout = _checks.rate("dropout", dropout)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.flash_attention = _checks.flash_attention(
-            flash_attention, "dropout", self.dropout
+        # key_dim, flash_attention, rotary_*, sliding_window.
+        for name, value in _checks.attention_options(locals()).items():
+            setattr(self, name, value)
+        _checks.fused_without_dropout(
+            self.flash_attention, "dropout", self.dropout
         )
-        (
-            self.rotary_max_wavelength,
-            self.rotary_fraction,
-            self.sliding_window,
-            self.lora_rank,
-            self.lora_alpha,
-        ) = _checks.attention_options(
-            rotary_max_wavelength,
-            rotary_fraction,
-            sliding_window,
-            lora_rank,
-            lora_alpha,
+        self.lora_rank, self.lora_alpha = _checks.lora_options(
+            lora_rank, lora_alpha
         )
         self.supports_masking = True
 
@@ -191,17 +195,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self._head_value_dim = self.value_dim or self._head_key_dim
         self._inv_freq = None
         if self.rotary_max_wavelength is not None:
-            dim = _rotary.rotary_dim(self._head_key_dim, self.rotary_fraction)
-            if dim < 2:
-                raise ValueError(
-                    "Received an invalid value for argument "
-                    f"`rotary_fraction`: it leaves {dim} of the "
-                    f"{self._head_key_dim} features of a head to rotate "
-                    "(at least 2 are needed). Received: "
-                    f"rotary_fraction={self.rotary_fraction}"
-                )
-            self._inv_freq = _rotary.inverse_frequencies(
-                dim, self.rotary_max_wavelength
+            self._inv_freq = _rotary.head_frequencies(
+                self._head_key_dim,
+                self.rotary_fraction,
+                self.rotary_max_wavelength,
             )
 
         def dense(units, name):
@@ -229,44 +226,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         )
         self.input_spec = keras.InputSpec(axes={-1: width})
         self.built = True
-        if self.lora_rank:  # from the constructor, or a saved config
-            _layers.enable_lora(
-                self._projections(),
-                self.lora_rank,
-                self.lora_alpha,
-                "he_uniform",
-                "zeros",
-            )
-            _layers.freeze_all_but_lora(self)
-
-    def enable_lora(
-        self,
-        rank,
-        lora_alpha=None,
-        a_initializer="he_uniform",
-        b_initializer="zeros",
-    ):
-        """Low-rank adaptation (Hu et al., 2021) of the four projections.
-
-        Each projection gets trainable factors A (in, rank) and B (rank,
-        out), B zero at first, and computes `x W + (lora_alpha / rank)
-        x A B` (`keras.layers.Dense.enable_lora`); every other weight of
-        the layer (kernels, biases) stops training. Saved `.keras` files
-        hold the merged kernels and `lora_rank`, so a reloaded layer
-        gives the same outputs and trains LoRA factors again.
-
-        Args:
-            rank: int, the rank of the factors.
-            lora_alpha: float, the scale numerator. Defaults to `rank`.
-            a_initializer, b_initializer: initializers of A and B.
-                Default to `"he_uniform"` and `"zeros"`.
-        """
-        rank, lora_alpha = _layers.check_lora_call(self, rank, lora_alpha)
-        _layers.enable_lora(
-            self._projections(), rank, lora_alpha, a_initializer, b_initializer
-        )
-        _layers.freeze_all_but_lora(self)
-        self.lora_rank, self.lora_alpha = rank, lora_alpha
+        self._build_lora()
 
     def call(
         self,
@@ -289,7 +249,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         width = inputs.shape[-1]
         batch, length = masks.batch, masks.length
         rows = ops.reshape(inputs, (-1, width))  # (B * S, D)
-        outputs, scores = self._attend_rows(
+        outputs, scores = self.call_on_rows(
             rows,
             (batch, length),
             masks,
@@ -301,7 +261,17 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             return outputs, scores
         return outputs
 
-    def _attend_rows(
+    def projection_layers(self):
+        """The four `Dense` projections (query, key, value, output): what
+        Keras quantization and LoRA act on."""
+        return [
+            self.query_dense,
+            self.key_dense,
+            self.value_dense,
+            self.output_dense,
+        ]
+
+    def call_on_rows(
         self,
         rows,
         batch_and_length,
@@ -311,12 +281,17 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     ):
         """Self-attention on flattened rows: (B * S, D) -> (B * S, D).
 
-        Every projection is then one 2-D MatMul. `EncoderBlock` calls this
-        directly, so that its whole block stays on rows. `batch_and_length`
-        is (B, S), needed to unflatten (a -1 cannot stand for B when S is
-        0). Rotary positions and the sliding window apply here, before
-        `_compute_attention`. Returns `(outputs, scores)` as
-        `_compute_attention` does.
+        The seam for composite layers: `EncoderBlock` calls it so that its
+        whole block stays on rows, where every projection is one 2-D
+        MatMul. The caller has validated the call and replaced padded rows
+        (`_masking.prepare_call`, which also gives `attention_mask`, an
+        `AttentionMask`). `batch_and_length` is (B, S), needed to unflatten
+        (a -1 cannot stand for B when S is 0). Rotary positions and the
+        sliding window apply here, before `_compute_attention`.
+
+        Returns:
+            `(outputs, scores)`: the (B * S, D) rows, and the scores as
+            `_compute_attention` returns them.
         """
         batch, length = batch_and_length
         heads = self.num_heads
@@ -392,11 +367,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             scale=scale,
             dropout=self.dropout_layer,
             training=training,
+            fill_margin=self.fill_margin,
         )
 
     def _use_fused(self, return_attention_scores, training):
-        """Whether this call takes the fused path, per `flash_attention`."""
-        if self.flash_attention is False:
+        """Whether this call takes the fused path, per `flash_attention`
+        (and, when it is None, `keras.config.disable_flash_attention()`,
+        as `keras.layers.MultiHeadAttention` honours it)."""
+        if self.flash_attention is False or (
+            self.flash_attention is None and _flash_attention_switch() is False
+        ):
             return False
         reason = _attention.fused_unsupported_reason(
             self._head_key_dim,
@@ -444,7 +424,6 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         config.update(
             {
                 "num_heads": self.num_heads,
-                "key_dim": self.key_dim,
                 "value_dim": self.value_dim,
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
@@ -454,22 +433,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                 "bias_initializer": keras.initializers.serialize(
                     self.bias_initializer
                 ),
-                "flash_attention": self.flash_attention,
-                "rotary_max_wavelength": self.rotary_max_wavelength,
-                "rotary_fraction": self.rotary_fraction,
-                "sliding_window": self.sliding_window,
+                **_checks.attention_config(self),
                 "lora_rank": self.lora_rank,
                 "lora_alpha": self.lora_alpha,
             }
         )
         if self.built:
-            config["dtype"] = _layers.dtype_config(self, self._projections())
+            config["dtype"] = self._dtype_config()
         return config
-
-    def _projections(self):
-        return [
-            self.query_dense,
-            self.key_dense,
-            self.value_dense,
-            self.output_dense,
-        ]

@@ -361,3 +361,48 @@ def test_seam_takes_a_subclass_restriction(flash_attention):
     )
     _, scores = local(x, mask=mask, return_attention_scores=True)
     assert (to_numpy(scores)[:, :, ~band[0]] == 0).all()
+
+
+@pytest.fixture
+def flash_attention_switch():
+    """Restores Keras's global flash-attention switch after a test."""
+    from keras.src.backend.common import global_state
+
+    saved = keras.config.is_flash_attention_enabled()
+    yield
+    global_state.set_global_attribute("flash_attention", saved)
+
+
+@needs_fused
+@pytest.mark.parametrize("cls", [MultiHeadSelfAttention, EncoderBlock])
+def test_disable_flash_attention_is_honoured(
+    cls, flash_attention_switch, monkeypatch
+):
+    """`flash_attention=None` stops calling the fused kernel once
+    `keras.config.disable_flash_attention()` is called, as Keras's own
+    MultiHeadAttention does; `True` still calls it."""
+    calls = []
+    kernel = keras.ops.dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(keras.ops, "dot_product_attention", counted)
+    x = _inputs(5)
+    kwargs = {"num_heads": H}
+    if cls is EncoderBlock:
+        kwargs["intermediate_dim"] = 8
+    mask = padding_mask([7, 3, 0], S)
+    auto, forced = cls(**kwargs), cls(**kwargs, flash_attention=True)
+    auto.build(x.shape)
+    forced.build(x.shape)
+    forced.set_weights(auto.get_weights())
+    fused_out = to_numpy(auto(x, mask=mask))
+    assert len(calls) == 1
+    keras.config.disable_flash_attention()
+    materialized_out = to_numpy(auto(x, mask=mask))
+    assert len(calls) == 1  # the switch holds for flash_attention=None
+    np.testing.assert_allclose(materialized_out, fused_out, atol=1e-5)
+    forced(x, mask=mask)
+    assert len(calls) == 2  # an explicit True is kept, as in Keras

@@ -11,6 +11,7 @@ from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
 from keras_encoder import SentencePooling
+from keras_encoder._checks import ATTENTION_OPTIONS
 from tests.helpers import PUBLIC_LAYERS
 
 REQUIRED = {
@@ -50,6 +51,31 @@ def test_get_config_covers_every_constructor_argument(cls):
     assert set(params) <= set(config), set(params) - set(config)
     for name in REQUIRED[cls]:
         assert config[name] == REQUIRED[cls][name]
+
+
+@pytest.mark.parametrize(
+    "cls", [MultiHeadSelfAttention, EncoderBlock], ids=lambda c: c.__name__
+)
+def test_attention_options_are_declared_once(cls):
+    """The options EncoderBlock forwards to its attention are arguments of
+    both layers with the table's defaults, and reach the attention."""
+    params = inspect.signature(cls.__init__).parameters
+    for name, (default, _) in ATTENTION_OPTIONS.items():
+        assert params[name].default == default, name
+    options = {
+        "key_dim": 4,
+        "flash_attention": False,
+        "rotary_max_wavelength": 500.0,
+        "rotary_fraction": 0.5,
+        "sliding_window": 3,
+    }
+    assert set(options) == set(ATTENTION_OPTIONS)
+    layer = cls(**REQUIRED[cls], **options)
+    assert {k: layer.get_config()[k] for k in options} == options
+    if cls is EncoderBlock:
+        layer.build((None, None, 8))
+        config = layer.attention.get_config()
+        assert {k: config[k] for k in options} == options
 
 
 @pytest.mark.parametrize("cls", PUBLIC_LAYERS, ids=lambda c: c.__name__)

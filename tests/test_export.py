@@ -15,24 +15,32 @@ from ai_edge_litert.interpreter import Interpreter
 
 from keras_encoder import AlibiBias
 from keras_encoder import EncoderBlock
+from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
-from keras_encoder import _masking
 from keras_encoder import export
 from tests.conftest import load_example
+from tests.helpers import to_numpy
 
 pytestmark = pytest.mark.slow
 
 VOCAB, MAX_LENGTH, WIDTH = 40, 16, 16
 
 
-def encoder(mode="sinusoidal", causal=False, peak=1.0, seed=0, width=WIDTH):
+def encoder(
+    mode="sinusoidal",
+    causal=False,
+    peak=1.0,
+    seed=0,
+    width=WIDTH,
+    block_class=EncoderBlock,
+):
     """ids -> Embedding(mask_zero) -> positions -> 2 blocks -> states."""
     keras.utils.set_random_seed(seed)
     ids = keras.Input((None,), dtype="int32", name="input_ids")
     x = keras.layers.Embedding(VOCAB, width, mask_zero=True)(ids)
     x = PositionalEncoding(MAX_LENGTH, mode=mode)(x)
     for i, norm_first in enumerate((False, True)):
-        block = EncoderBlock(
+        block = block_class(
             4,
             2 * width,
             norm_first=norm_first,
@@ -574,9 +582,15 @@ def test_quantized_random_encoder_meets_bar(mode, wide_encoder, tmp_path):
         assert result.builtin_only
 
 
-def test_int8_keeps_peaked_attention_where_a_naive_fill_fails(
-    tmp_path, monkeypatch
-):
+class _NaiveFillAttention(MultiHeadSelfAttention):
+    fill_margin = 1e9  # masked scores at about -1e9, a constant-like fill
+
+
+class _NaiveFillBlock(EncoderBlock):
+    attention_class = _NaiveFillAttention
+
+
+def test_int8_keeps_peaked_attention_where_a_naive_fill_fails(tmp_path):
     model = encoder(peak=6.0, seed=2, width=64)
     calibration = token_batch(256, MAX_LENGTH, seed=8)
     ids = token_batch(32, MAX_LENGTH, seed=9, empty_row=True)
@@ -584,8 +598,14 @@ def test_int8_keeps_peaked_attention_where_a_naive_fill_fails(
     assert export.verify(model, path, ids).cosine >= BARS["int8"]
     # The same model with a constant -1e9-like fill drifts far off: this is
     # what the row-minimum fill fixes (float outputs are identical).
-    monkeypatch.setattr(_masking, "_FILL_MARGIN", 1e9)
-    naive = _quantize(model, "int8", tmp_path / "naive.tflite", calibration)
+    naive_model = encoder(width=64, block_class=_NaiveFillBlock)
+    naive_model.set_weights(model.get_weights())
+    np.testing.assert_array_equal(
+        to_numpy(naive_model(ids)), to_numpy(model(ids))
+    )
+    naive = _quantize(
+        naive_model, "int8", tmp_path / "naive.tflite", calibration
+    )
     assert export.verify(model, naive, ids).cosine < 0.97
 
 

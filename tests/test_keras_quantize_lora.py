@@ -113,6 +113,7 @@ def test_lora_fine_tunes_the_quickstart_model(quickstart_run, tmp_path):
     (embedding and head frozen too) to the opposite task."""
     code, out_dir = quickstart_run
     assert code == 0
+    keras.utils.set_random_seed(0)  # the LoRA factors' draw
     model = keras.saving.load_model(out_dir / "a_before_b.keras")
     x, y = load_example("quickstart").make_dataset(1024, seed=5)
     y = 1 - y  # the new task: B before A
@@ -128,14 +129,17 @@ def test_lora_fine_tunes_the_quickstart_model(quickstart_run, tmp_path):
     }
     before = {w.path: to_numpy(w).copy() for w in model.weights}
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-2),
+        optimizer=keras.optimizers.Adam(3e-3),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )
     _, accuracy_before = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    model.fit(x, y, epochs=8, batch_size=64, verbose=0)
     _, accuracy = model.evaluate(x, y, verbose=0)
-    # Measured: 0.0 -> 0.90 (lr 1e-2, 3 epochs).
+    # Measured over LoRA seeds 0-4 with TF_ENABLE_ONEDNN_OPTS=0 and =1 (the
+    # quickstart model trained under each): 0.971 to 1.000 after 8 epochs
+    # at lr 3e-3. The earlier 3 epochs at lr 1e-2 gave 0.49 to 0.97 (some
+    # seeds stall at a constant output), and failed on an AVX2 machine.
     assert accuracy_before < 0.05 and accuracy > 0.75, accuracy
     changed = {
         w.path

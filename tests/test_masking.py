@@ -19,7 +19,7 @@ from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
 from keras_encoder import SentencePooling
-from keras_encoder._masking import masked_softmax
+from keras_encoder._attention import masked_softmax
 from tests import numpy_reference as ref
 from tests.helpers import all_finite
 from tests.helpers import attention_weights

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_encoder
 from keras_encoder import MultiHeadSelfAttention
 from tests import numpy_reference as ref
 from tests.helpers import attention_weights
@@ -157,3 +158,53 @@ def test_width_not_divisible_by_heads():
         2,
         8,
     )
+
+
+def _zeros(shape, dtype=None):
+    return np.zeros(shape, dtype or "float32")
+
+
+def _ones(shape, dtype=None):
+    return np.ones(shape, dtype or "float32")
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (keras_encoder.MultiHeadSelfAttention, {"num_heads": 2}),
+        (keras_encoder.EncoderBlock, {"num_heads": 2, "intermediate_dim": 8}),
+    ],
+    ids=["MultiHeadSelfAttention", "EncoderBlock"],
+)
+def test_plain_callables_as_initializers(cls, kwargs):
+    """Any `(shape, dtype)` callable initializes the kernels and biases, as
+    `keras.layers.Dense` accepts it, and is serialized as Dense does."""
+    layer = cls(**kwargs, kernel_initializer=_zeros, bias_initializer=_ones)
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
+    assert to_numpy(layer(x)).shape == x.shape
+    dense = keras.layers.Dense(
+        2, kernel_initializer=_zeros, bias_initializer=_ones
+    )
+    for name in ("kernel_initializer", "bias_initializer"):
+        assert layer.get_config()[name] == dense.get_config()[name]
+    kernels = [w for w in layer.weights if w.path.endswith("/kernel")]
+    biases = [w for w in layer.weights if w.path.endswith("/bias")]
+    assert len(kernels) >= 4 and len(biases) >= 4
+    assert not any(to_numpy(w).any() for w in kernels)
+    assert all((to_numpy(w) == 1).all() for w in biases)
+    # The issue's case: a lambda.
+    lam = cls(
+        **kwargs,
+        kernel_initializer=lambda shape, dtype=None: (
+            0 * (np.ones(shape, "float32"))
+        ),
+    )
+    assert np.isfinite(to_numpy(lam(x))).all()
+
+
+def test_plain_callable_as_positional_embeddings_initializer():
+    layer = keras_encoder.PositionalEncoding(
+        8, mode="learned", embeddings_initializer=_ones
+    )
+    x = np.zeros((2, 3, 4), "float32")
+    np.testing.assert_array_equal(to_numpy(layer(x)), np.ones((2, 3, 4)))
