@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import itertools
 import os
+import pathlib
 import signal
 import sys
 import tempfile
@@ -55,10 +56,9 @@ def _check_keras_file(path):
             raise UsageError(f"{path}: not a Keras .keras file (no config)")
 
 
-def _check_destinations(args):
-    """Refuse, before any work, destinations that conflict, cannot be
-    written, or hold something an export must not replace."""
-    outputs = [
+def _outputs(args):
+    """The artifacts asked for, (flag, path, kind), SavedModel first."""
+    return [
         (flag, path, kind)
         for path, flag, kind in (
             (args.saved_model, "--saved-model", "saved_model"),
@@ -67,6 +67,20 @@ def _check_destinations(args):
         )
         if path is not None
     ]
+
+
+def _replaces(kind, target, other):
+    """Whether an artifact of `kind` written at `target` replaces `other`
+    (real paths): the same path, or inside a SavedModel directory."""
+    return other == target or (
+        kind == "saved_model" and os.path.commonpath([other, target]) == target
+    )
+
+
+def _check_destinations(args):
+    """Refuse, before any work, destinations that conflict, cannot be
+    written, or hold something an export must not replace."""
+    outputs = _outputs(args)
     for flag, path, _ in outputs:
         if not path:
             raise UsageError(f"{flag}: empty path")
@@ -76,28 +90,19 @@ def _check_destinations(args):
     ):
         if real[a_flag] == real[b_flag]:
             raise UsageError(f"{a_flag} {a} and {b_flag} {b} are the same path")
-        if (
-            a_kind == "saved_model"
-            and os.path.commonpath([real[a_flag], real[b_flag]]) == real[a_flag]
-        ):
+        if _replaces(a_kind, real[a_flag], real[b_flag]):
             raise UsageError(
                 f"{b_flag} {b} is inside {a_flag} {a}, which is "
                 "replaced as a whole"
             )
-    for source in (args.model, args.calibration):
-        if not source:
-            continue
-        source_real = os.path.realpath(source)
+    for source in filter(None, (args.model, args.calibration)):
         for flag, path, kind in outputs:
-            if source_real == real[flag] or (
-                kind == "saved_model"
-                and os.path.commonpath([source_real, real[flag]]) == real[flag]
-            ):
+            if _replaces(kind, real[flag], os.path.realpath(source)):
                 raise UsageError(
                     f"{flag} {path} would overwrite the input {source}"
                 )
     for flag, path, kind in outputs:
-        problem = export._destination_problem(path, kind)
+        problem = export.destination_problem(path, kind)
         if problem:
             raise UsageError(f"{flag} {path}: {problem[1]}")
         target = os.path.abspath(path)
@@ -114,83 +119,46 @@ def _load_calibration(path, model):
     """Checked calibration batches from `.npy` (one input: an array of
     examples) or `.npz` (one such array per input name), 8 examples each."""
     input_names = export.input_names(model)
+    where = f"--calibration {path}"
     if not os.path.isfile(path):
-        raise UsageError(f"--calibration {path}: no such file")
+        raise UsageError(f"{where}: no such file")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
-        raise UsageError(
-            f"--calibration {path}: unreadable ({error})"
-        ) from None
-    if isinstance(data, np.ndarray):  # .npy
-        arrays = {None: data}
-    else:  # .npz
+        raise UsageError(f"{where}: unreadable ({error})") from None
+    if not isinstance(data, np.ndarray):  # .npz
         with data:
             arrays = {name: data[name] for name in data.files}
-    if None in arrays:
-        if len(input_names) != 1:
-            raise UsageError(
-                f"--calibration {path}: the model has inputs {input_names}; "
-                "give an .npz with one array per input name"
-            )
-        arrays = {input_names[0]: arrays[None]}
+    elif len(input_names) == 1:  # .npy
+        arrays = {input_names[0]: data}
+    else:
+        raise UsageError(
+            f"{where}: the model has inputs {input_names}; give an .npz "
+            "with one array per input name"
+        )
     missing = set(input_names) - set(arrays)
     if missing:
         raise UsageError(
-            f"--calibration {path}: missing arrays for inputs "
-            f"{sorted(missing)} (has {sorted(arrays)})"
+            f"{where}: missing arrays for inputs {sorted(missing)} (has "
+            f"{sorted(arrays)})"
         )
     arrays = {name: arrays[name] for name in input_names}
     counts = {name: len(a) if a.ndim else 0 for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
         raise UsageError(
-            f"--calibration {path}: inputs hold different numbers of "
-            f"examples: {counts}"
+            f"{where}: inputs hold different numbers of examples: {counts}"
         )
-    if counts[input_names[0]] == 0:
-        raise UsageError(f"--calibration {path}: no examples")
+    count = counts[input_names[0]]
+    if count == 0:
+        raise UsageError(f"{where}: no examples")
     try:
-        arrays = export._check_calibration(
-            model, arrays, f"--calibration {path}"
-        )
+        arrays = export.check_calibration_batch(model, arrays, where)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
-    count = counts[input_names[0]]
     return [
         {name: arrays[name][i : i + 8] for name in input_names}
         for i in range(0, count, 8)
     ]
-
-
-def _sample_inputs(model, length, seed=0):
-    """Two example sequences of `length`, the second padded to half.
-
-    Integer inputs whose name contains "mask" get 1 at real positions; other
-    integer inputs get ids in [1, n) with 0 as padding, where n is the size
-    of the Embedding they feed (2 if none); boolean inputs True/False; float
-    inputs normal noise.
-    """
-    rng = np.random.default_rng(seed)
-    vocabularies = {
-        name: size for name, (_, size) in export._vocabularies(model).items()
-    }
-    lengths = np.array([[length], [max(1, length // 2)]])
-    real = np.arange(length)[None, :] < lengths
-    named = {}
-    for name, tensor in export.model_inputs(model).items():
-        dtype = keras.backend.standardize_dtype(tensor.dtype)
-        shape = (2, length, *tensor.shape[2:])
-        if dtype == "bool":
-            named[name] = real.copy()
-        elif "int" in dtype and "mask" in name:
-            named[name] = real.astype(dtype)
-        elif "int" in dtype:
-            high = max(vocabularies.get(name, 2), 2)
-            ids = rng.integers(1, high, size=shape)
-            named[name] = np.where(real, ids, 0).astype(dtype)
-        else:
-            named[name] = rng.normal(size=shape).astype(dtype)
-    return named
 
 
 def _lengths(model, requested):
@@ -243,20 +211,6 @@ def _held_stderr():
                 os.write(2, held.read())
 
 
-@contextlib.contextmanager
-def _no_interrupts():
-    """Ctrl-C waits until the block (a cleanup) is done."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 class _Interrupts:
     """Remembers a Ctrl-C, also where TensorFlow swallows the
     KeyboardInterrupt or turns it into another error while it traces."""
@@ -276,6 +230,11 @@ class _Interrupts:
     def check(self):
         if self.seen:
             raise KeyboardInterrupt
+
+    def ignore(self):
+        """Ignore Ctrl-C until the block ends (it is cleaning up)."""
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def __exit__(self, *exc_info):
         if self.previous is not None:
@@ -329,65 +288,52 @@ def _export(args):
     )
     lengths = _lengths(model, args.seq_len)
 
-    staged = []  # (label, temporary path, target path, kind)
+    staging = export.Staging()
     with _Interrupts() as interrupts:
         try:
             with _held_stderr():
-                rows = _write(model, args, calibration, lengths, staged)
+                staged = _stage(model, args, calibration, staging)
+                rows = _parity_rows(model, staged, lengths, calibration)
                 interrupts.check()  # before anything is renamed into place
-                for _, tmp, target, kind in staged:
-                    export._install(tmp, target, kind)
+                staging.install()
         except (OSError, RuntimeError, TypeError, ValueError) as error:
             interrupts.check()
             raise UsageError(_one_line(error)) from None
         finally:
-            with _no_interrupts():
-                for _, tmp, _, _ in staged:
-                    export._remove(tmp)
+            interrupts.ignore()
+            staging.close()
 
     header = (
         f"{'artifact':<32} {'size':>9} {'inputs':>11} "
         f"{'max|diff|':>10} {'cosine':>9}  builtin-only"
     )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(row)
+    print("\n".join([header, "-" * len(header), *rows]))
     return 0
 
 
-def _write(model, args, calibration, lengths, staged):
-    """Stage the artifacts (appending them to `staged`) and compute the
-    parity table from them; the caller renames them into place.
-
-    They go to temporary names beside their targets and are checked before
-    either is renamed: a failure anywhere (a Flex op, a converter error,
-    Ctrl-C) leaves the destinations as they were. TFLite first: it is the
-    one likely to fail.
-    """
+def _stage(model, args, calibration, staging):
+    """Write the artifacts to temporary paths from `staging` (TFLite first:
+    it is the one likely to fail); returns [(path as given, temporary
+    path)], SavedModel first."""
+    outputs = _outputs(args)
+    tmp = {kind: staging.add(path, kind) for _, path, kind in outputs}
     if args.tflite:
-        target = os.path.abspath(args.tflite)
-        flatbuffer = export._convert(model, args.quantize, calibration)
-        tmp = export._stage_bytes(flatbuffer, target)
-        staged.append((args.tflite, tmp, target, "tflite"))
+        flatbuffer = export.tflite_bytes(model, args.quantize, calibration)
+        pathlib.Path(tmp["tflite"]).write_bytes(flatbuffer)
     if args.onnx:
-        target = os.path.abspath(args.onnx)
-        tmp = export._stage_bytes(export._onnx_bytes(model), target)
-        staged.append((args.onnx, tmp, target, "onnx"))
+        pathlib.Path(tmp["onnx"]).write_bytes(export.onnx_bytes(model))
     if args.saved_model:
-        target = os.path.abspath(args.saved_model)
-        tmp = export._stage_saved_model(model, target)
-        staged.insert(0, (args.saved_model, tmp, target, "saved_model"))
-    return _parity_rows(model, staged, lengths, calibration)
+        export.write_saved_model(model, tmp["saved_model"])
+    return [(path, tmp[kind]) for _, path, kind in outputs]
 
 
 def _parity_rows(model, staged, lengths, calibration):
     """The parity table's rows, from the staged artifacts."""
-    samples = [(f"seq {n}", _sample_inputs(model, n)) for n in lengths]
+    samples = [(f"seq {n}", export.sample_inputs(model, n)) for n in lengths]
     if calibration:
         samples.append(("calibration", calibration[0]))
     rows = []
-    for label, tmp, _, _ in staged:
+    for label, tmp in staged:
         for name, inputs in samples:
             result = export.verify(model, tmp, inputs)
             builtin = {None: "-", True: "yes", False: "no"}[result.builtin_only]

@@ -19,6 +19,7 @@ import pytest
 from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
 from keras_encoder import cli
+from keras_encoder import export
 
 pytestmark = pytest.mark.slow
 
@@ -361,7 +362,7 @@ def test_sample_inputs_follow_each_input(tmp_path):
 
     fixtures = pathlib.Path(__file__).parent / "fixtures" / "tiny_bert"
     bert = convert.load_hf_bert(fixtures)
-    sample = cli._sample_inputs(bert, 12)
+    sample = export.sample_inputs(bert, 12)
     assert sample["input_ids"].max() > 2  # the word table, not token types
     assert sample["token_type_ids"].max() <= 1
     assert set(np.unique(sample["attention_mask"])) == {0, 1}
@@ -371,7 +372,7 @@ def test_sample_inputs_follow_each_input(tmp_path):
     ids = keras.Input((None,), dtype="int32", name="aids")
     x = keras.layers.Embedding(9, 4)(ids) + features
     model = keras.Model({"zfeat": features, "aids": ids}, EncoderBlock(2, 8)(x))
-    sample = cli._sample_inputs(model, 5)
+    sample = export.sample_inputs(model, 5)
     assert sample["zfeat"].dtype == np.float32
     assert sample["zfeat"].shape == (2, 5, 4)
     assert sample["aids"].dtype == np.int32 and sample["aids"].max() < 9

@@ -361,7 +361,7 @@ def test_float16_model_is_told_to_export_in_float32(tmp_path, monkeypatch):
 def test_flex_hint_names_the_likely_cause(policy, ops, hint):
     layer = keras.layers.Dense(2, dtype=policy)
     inputs = keras.Input((3,))
-    hinted = export._flex_hint(keras.Model(inputs, layer(inputs)), ops)
+    hinted = export.flex_hint(keras.Model(inputs, layer(inputs)), ops)
     assert re.search(hint, hinted), hinted
 
 

@@ -196,7 +196,7 @@ def test_tflite_float32_matches_transformers(reference, tmp_path):
         "attention_mask": [-1, -1],
     }
     inputs = _inputs(reference)
-    runner = export._interpreter(path).get_signature_runner()
+    runner = export.litert_interpreter(path).get_signature_runner()
     out = runner(**inputs)
     _check_parity(
         out["last_hidden_state"], out["sentence_embedding"], reference
