@@ -2,10 +2,12 @@
 outputs that torch, transformers and sentence-transformers computed
 (tests/fixtures/make_fixtures.py)."""
 
+import collections
 import json
 import os
 import pathlib
 import shutil
+import warnings
 
 import keras
 import numpy as np
@@ -160,6 +162,125 @@ def test_hf_errors(tmp_path):
         convert.load_hf_bert(_checkpoint_copy(tmp_path, hidden_act="tanh"))
     with pytest.raises(ValueError, match=r"argument `pooling`"):
         convert.load_hf_bert(FIXTURES / "tiny_bert", pooling="max")
+
+
+def _weights_copy(tmp_path, change):
+    """A copy of the tiny BERT checkpoint whose tensors `change` maps to
+    new ones."""
+    from safetensors.numpy import load_file
+    from safetensors.numpy import save_file
+
+    target = tmp_path / "checkpoint"
+    shutil.copytree(FIXTURES / "tiny_bert", target)
+    weights = change(load_file(target / "model.safetensors"))
+    save_file(weights, target / "model.safetensors")
+    return target
+
+
+def _extra_weight(weights):
+    return {**weights, "encoder.layer.0.extra.weight": np.zeros(3, "float32")}
+
+
+@pytest.mark.parametrize("loader", [convert.load_hf_bert, convert.load_hf])
+def test_unused_weights_warn_by_default_and_fail_on_request(tmp_path, loader):
+    checkpoint = _weights_copy(tmp_path, _extra_weight)
+    message = (
+        r"1 weight\(s\) of .*model.safetensors were not used: "
+        r"'encoder.layer.0.extra.weight'"
+    )
+    with pytest.warns(UserWarning, match=message):
+        loader(checkpoint)
+    with pytest.raises(ValueError, match=message):
+        loader(checkpoint, unused="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader(checkpoint, unused="ignore")
+    with pytest.raises(ValueError, match=r"argument `unused`"):
+        loader(checkpoint, unused="raise")
+
+
+def test_torch_encoder_layer_reports_unused_entries(torch_layers):
+    state = {
+        **_state_dict(torch_layers, "post_relu"),
+        "norm3.weight": np.ones(16),
+    }
+    with pytest.warns(UserWarning, match=r"the state dict .*'norm3.weight'"):
+        convert.from_torch_encoder_layer(state, 4)
+    with pytest.raises(ValueError, match=r"'norm3.weight'"):
+        convert.from_torch_encoder_layer(state, 4, unused="error")
+
+
+def test_a_wrong_shaped_weight_is_named(tmp_path):
+    checkpoint = _weights_copy(
+        tmp_path,
+        lambda w: {**w, "embeddings.LayerNorm.weight": np.ones(31, "float32")},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"Weight 'embeddings.LayerNorm.weight' has shape \(31,\); "
+        r"expected \(32,\)",
+    ):
+        convert.load_hf_bert(checkpoint)
+
+
+def test_a_bert_with_heads_loads_its_encoder_silently(tiny_bert, tmp_path):
+    """BertForPreTraining keeps the encoder under `bert.` beside its
+    pooler, `position_ids` buffer and `cls.*` heads: none is reported."""
+
+    def with_heads(weights):
+        weights = {f"bert.{k}": v for k, v in weights.items()}
+        weights["bert.embeddings.position_ids"] = np.arange(40)[None]
+        weights["bert.pooler.dense.weight"] = np.zeros((32, 32), "float32")
+        weights["cls.predictions.bias"] = np.zeros(99, "float32")
+        weights["cls.seq_relationship.weight"] = np.zeros((2, 32), "float32")
+        return weights
+
+    inputs = _bert_inputs(tiny_bert)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = convert.load_hf_bert(_weights_copy(tmp_path, with_heads))
+    expected = convert.load_hf_bert(FIXTURES / "tiny_bert")(inputs)
+    for name, value in model(inputs).items():
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(value),
+            keras.ops.convert_to_numpy(expected[name]),
+        )
+
+
+def test_load_hf_reads_each_weight_once(monkeypatch):
+    """One open file, each tensor read once: never the checkpoint twice."""
+    import safetensors
+
+    opened = []
+    reads = collections.Counter()
+
+    class CountingOpen:
+        def __init__(self, *args, **kwargs):
+            opened.append(args)
+            self.handle = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc_info):
+            return self.handle.__exit__(*exc_info)
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_slice(self, key):
+            return self.handle.get_slice(key)
+
+        def get_tensor(self, key):
+            reads[key] += 1
+            return self.handle.get_tensor(key)
+
+    real_open = safetensors.safe_open
+    monkeypatch.setattr(safetensors, "safe_open", CountingOpen)
+    convert.load_hf(FIXTURES / "tiny_bert")
+    assert len(opened) == 1
+    assert len(reads) == 37 and set(reads.values()) == {1}
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ every backend and, under TensorFlow, in builtin-ops TFLite."""
 import json
 import pathlib
 import shutil
+import warnings
 
 import keras
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from keras_encoder import _rotary
 from keras_encoder import convert
 from keras_encoder import export
+from keras_encoder.convert import modernbert
 from tests import numpy_reference as ref
 from tests.helpers import to_numpy
 
@@ -81,6 +83,23 @@ def test_layers_are_local_and_global_as_configured():
     assert all(not b.use_bias and not b.norm_bias for b in blocks)
 
 
+def test_both_config_forms_give_the_same_layer_arguments(reference):
+    """config.json -> layer arguments is a pure function: the Hub's form
+    and transformers 5's give the same, without building a model."""
+    hub = json.loads((CHECKPOINT / "config.json").read_text())
+    transformers5 = json.loads(str(reference["transformers_config"]))
+    arguments = modernbert.convert_backbone_config(hub)
+    assert modernbert.convert_backbone_config(transformers5) == arguments
+    blocks = arguments["blocks"]
+    assert [b["sliding_window"] for b in blocks] == [None, 5, 5, None]
+    assert [b["rotary_max_wavelength"] for b in blocks] == [
+        160000.0,
+        10000.0,
+        10000.0,
+        160000.0,
+    ]
+
+
 def _checkpoint_copy(tmp_path, config):
     target = tmp_path / "checkpoint"
     shutil.copytree(CHECKPOINT, target)
@@ -102,24 +121,51 @@ def test_transformers5_config_form_gives_the_same_model(reference, tmp_path):
     )
 
 
-def test_a_masked_lm_checkpoint_loads_its_encoder(reference, tmp_path):
-    """ModernBertForMaskedLM keeps the encoder under `model.` beside its
-    head; the head is not loaded."""
+def _weights_copy(tmp_path, change):
+    """A copy of the checkpoint whose tensors `change` maps to new ones."""
     from safetensors.numpy import load_file
     from safetensors.numpy import save_file
 
-    target = tmp_path / "mlm"
+    target = tmp_path / "weights"
     shutil.copytree(CHECKPOINT, target)
-    weights = load_file(target / "model.safetensors")
-    weights = {f"model.{k}": v for k, v in weights.items()}
-    weights["head.dense.weight"] = np.zeros((32, 32), "float32")
+    weights = change(load_file(target / "model.safetensors"))
     save_file(weights, target / "model.safetensors")
-    out = convert.load_hf_modernbert(target)(_inputs(reference))
+    return target
+
+
+def test_a_masked_lm_checkpoint_loads_its_encoder(reference, tmp_path):
+    """ModernBertForMaskedLM keeps the encoder under `model.` beside its
+    head; the head is not loaded, nor reported as unused."""
+
+    def with_head(weights):
+        weights = {f"model.{k}": v for k, v in weights.items()}
+        weights["head.dense.weight"] = np.zeros((32, 32), "float32")
+        weights["head.norm.weight"] = np.ones(32, "float32")
+        weights["decoder.bias"] = np.zeros(99, "float32")
+        return weights
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = convert.load_hf_modernbert(_weights_copy(tmp_path, with_head))
+    out = model(_inputs(reference))
     _check_parity(
         to_numpy(out["last_hidden_state"]),
         to_numpy(out["sentence_embedding"]),
         reference,
     )
+
+
+def test_a_bias_the_model_lacks_is_reported(tmp_path):
+    """norm_bias=false, yet the checkpoint has a norm bias: the model has
+    no place for it, and the loader says so."""
+    target = _weights_copy(
+        tmp_path,
+        lambda w: {**w, "layers.1.mlp_norm.bias": np.zeros(32, "float32")},
+    )
+    with pytest.warns(UserWarning, match=r"'layers.1.mlp_norm.bias'"):
+        convert.load_hf_modernbert(target)
+    with pytest.raises(ValueError, match=r"'layers.1.mlp_norm.bias'"):
+        convert.load_hf_modernbert(target, unused="error")
 
 
 @pytest.mark.parametrize("base", ["global", "local"])
