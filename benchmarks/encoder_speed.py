@@ -113,48 +113,54 @@ def forward_flops(batch, seq, width, heads, ffn, layers):
     return 2 * batch * layers * (projections + attention + feed_forward)
 
 
-def build_ours(c):
+def _stacked(c, block):
+    """The (B, S, width) -> (B, S, width) model of `c["layers"]` blocks,
+    each `block(x)`."""
     import keras
-
-    import keras_encoder
 
     inputs = keras.Input((None, c["width"]))
     x = inputs
     for _ in range(c["layers"]):
-        x = keras_encoder.EncoderBlock(c["heads"], c["ffn"], activation="gelu")(
-            x
-        )
+        x = block(x)
     return keras.Model(inputs, x)
+
+
+def build_ours(c):
+    import keras_encoder
+
+    def block(x):
+        return keras_encoder.EncoderBlock(
+            c["heads"], c["ffn"], activation="gelu"
+        )(x)
+
+    return _stacked(c, block)
 
 
 def build_keras_hub(c):
-    import keras
     import keras_hub
 
-    inputs = keras.Input((None, c["width"]))
-    x = inputs
-    for _ in range(c["layers"]):
-        x = keras_hub.layers.TransformerEncoder(
+    def block(x):
+        return keras_hub.layers.TransformerEncoder(
             c["ffn"], c["heads"], activation="gelu", layer_norm_epsilon=1e-5
         )(x)
-    return keras.Model(inputs, x)
+
+    return _stacked(c, block)
 
 
 def build_keras_mha(c):
     import keras
 
-    inputs = keras.Input((None, c["width"]))
-    x = inputs
-    for _ in range(c["layers"]):
+    def block(x):
         attention = keras.layers.MultiHeadAttention(
             c["heads"], c["width"] // c["heads"]
         )(x, x)
         x = keras.layers.LayerNormalization(epsilon=1e-5)(x + attention)
         h = keras.layers.Dense(c["ffn"], activation="gelu")(x)
-        x = keras.layers.LayerNormalization(epsilon=1e-5)(
+        return keras.layers.LayerNormalization(epsilon=1e-5)(
             x + keras.layers.Dense(c["width"])(h)
         )
-    return keras.Model(inputs, x)
+
+    return _stacked(c, block)
 
 
 BUILDERS = {
@@ -200,14 +206,10 @@ def graph_runner(model, jit_compile):
 
 
 def tflite_runner(model, directory, name):
-    from ai_edge_litert.interpreter import Interpreter
-
     from keras_encoder import export
 
     path = export.to_tflite(model, os.path.join(directory, f"{name}.tflite"))
-    runner = Interpreter(
-        model_path=path, num_threads=THREADS
-    ).get_signature_runner()
+    runner = export.litert_runner(path, num_threads=THREADS)
     (input_name,) = runner.get_input_details()
     return lambda x: runner(**{input_name: x})
 

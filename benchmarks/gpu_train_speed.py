@@ -85,11 +85,18 @@ def padded_tokens(c, seed=0):
     """(batch, seq) int32 ids in [1, vocab), each row ending in 25-50% 0s."""
     import numpy as np
 
+    from keras_encoder.testing import padded_ids
+
     rng = np.random.default_rng(seed)
     seq = c["seq"]
-    tokens = rng.integers(1, c["vocab"], size=(c["batch"], seq), dtype="int32")
-    lengths = rng.integers(seq - seq // 2, seq - seq // 4 + 1, size=c["batch"])
-    tokens[np.arange(seq)[None, :] >= lengths[:, None]] = 0
+    tokens = padded_ids(
+        c["batch"],
+        seq,
+        c["vocab"],
+        rng=rng,
+        min_length=seq - seq // 2,
+        max_length=seq - seq // 4,
+    )
     labels = rng.integers(0, 2, size=(c["batch"],), dtype="int32")
     return tokens, labels
 

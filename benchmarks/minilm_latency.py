@@ -43,11 +43,7 @@ SENTENCES = [f"{s} ({i})" for i, s in enumerate(SENTENCES)][:32]
 
 
 def tflite_runner(path):
-    from ai_edge_litert.interpreter import Interpreter
-
-    runner = Interpreter(
-        model_path=path, num_threads=THREADS
-    ).get_signature_runner()
+    runner = export.litert_runner(path, num_threads=THREADS)
     return lambda inputs: runner(**inputs)["sentence_embedding"]
 
 

@@ -23,10 +23,10 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import keras_encoder  # noqa: E402
 from keras_encoder import export  # noqa: E402
+from keras_encoder.testing import padded_ids  # noqa: E402
 
 VOCAB, LENGTH, WIDTH = 100, 32, 64
 
@@ -53,11 +53,7 @@ def build(peak, seed=0, block_class=keras_encoder.EncoderBlock):
 
 
 def tokens(count, seed):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, VOCAB, size=(count, LENGTH)).astype("int32")
-    lengths = rng.integers(1, LENGTH + 1, size=count)
-    ids[np.arange(LENGTH)[None, :] >= lengths[:, None]] = 0
-    return ids
+    return padded_ids(count, LENGTH, VOCAB, seed=seed)
 
 
 def debugger_report(model, calibration, top=8):

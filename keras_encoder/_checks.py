@@ -17,24 +17,21 @@ def invalid(name, expected, value):
     )
 
 
+def _real(value, kind=numbers.Real):
+    """Whether `value` is a number of `kind` (bools are not numbers here)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
 def positive_int(name, value, allow_none=False):
     if value is None and allow_none:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value <= 0
-    ):
+    if not _real(value, numbers.Integral) or value <= 0:
         raise invalid(name, "a positive integer", value)
     return int(value)
 
 
 def rate(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 0.0 <= value < 1.0
-    ):
+    if not _real(value) or not 0.0 <= value < 1.0:
         raise invalid(name, "a float in [0, 1)", value)
     return float(value)
 
@@ -42,11 +39,7 @@ def rate(name, value):
 def positive_float(name, value, allow_none=False):
     if value is None and allow_none:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 0.0 < value < float("inf")
-    ):
+    if not _real(value) or not 0.0 < value < float("inf"):
         raise invalid(name, "a positive float", value)
     return float(value)
 
@@ -58,11 +51,7 @@ def boolean(name, value):
 
 
 def fraction(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 0.0 < value <= 1.0
-    ):
+    if not _real(value) or not 0.0 < value <= 1.0:
         raise invalid(name, "a float in (0, 1]", value)
     return float(value)
 
@@ -70,11 +59,7 @@ def fraction(name, value):
 def _rotary_max_wavelength(value):
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 1.0 < value < float("inf")
-    ):
+    if not _real(value) or not 1.0 < value < float("inf"):
         raise invalid(
             "rotary_max_wavelength", "None or a finite float > 1", value
         )

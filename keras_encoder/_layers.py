@@ -1,10 +1,13 @@
-"""Sublayer factories shared by the public layers."""
+"""What the public layers share: sublayer factories, LoRA, and the call of
+the self-attention layers."""
 
 import re
 
 import keras
+from keras import ops
 
 from keras_encoder import _checks
+from keras_encoder import _masking
 
 
 class _Dense(keras.layers.Dense):
@@ -101,10 +104,142 @@ def _relative_path(layer, sub):
 LORA_WEIGHTS = ("lora_kernel_a", "lora_kernel_b")
 
 
-class LoraMixin:
-    """LoRA and quantization support for a layer whose `Dense` sublayers
-    are its `projection_layers()`, with `lora_rank` and `lora_alpha`
-    attributes (constructor arguments kept in its config)."""
+class SelfAttentionLayer(keras.layers.Layer):
+    """What a layer built around self-attention on flattened rows
+    (`MultiHeadSelfAttention`, `EncoderBlock`) shares: the call and its
+    masking contract, the output spec, the config of the shared arguments,
+    LoRA.
+
+    `call` validates the inputs and masks, replaces padded positions,
+    flattens (B, S, D) to (B * S, D) rows (where every projection is one
+    2-D MatMul) and hands them to the subclass's `call_on_rows`; the mask
+    passed on is the padding mask. A subclass has `num_heads`, stores its
+    shared arguments with `_store_shared_arguments`, and implements
+    `call_on_rows` and `projection_layers` (its `Dense` sublayers, what
+    Keras quantization and LoRA act on).
+    """
+
+    def _store_shared_arguments(self, arguments, dropout_name):
+        """Check and store the constructor arguments both layers take,
+        from their `locals()`: `use_bias`, the initializers, the
+        `_checks.ATTENTION_OPTIONS` and LoRA's. `dropout_name` names the
+        (already stored) rate of attention dropout, which
+        `flash_attention=True` refuses."""
+        self.use_bias = bool(arguments["use_bias"])
+        for name in ("kernel_initializer", "bias_initializer"):
+            setattr(self, name, keras.initializers.get(arguments[name]))
+        for name, value in _checks.attention_options(arguments).items():
+            setattr(self, name, value)
+        _checks.fused_without_dropout(
+            self.flash_attention, dropout_name, getattr(self, dropout_name)
+        )
+        self.lora_rank, self.lora_alpha = _checks.lora_options(
+            arguments["lora_rank"], arguments["lora_alpha"]
+        )
+        self.supports_masking = True
+
+    def call(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        attention_bias=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        inputs, masks = _masking.prepare_call(
+            inputs,
+            self.num_heads,
+            mask,
+            attention_mask,
+            use_causal_mask,
+            attention_bias,
+        )
+        width = inputs.shape[-1]
+        batch, length = masks.batch, masks.length
+        rows = ops.reshape(inputs, (-1, width))  # (B * S, D)
+        outputs, scores = self.call_on_rows(
+            rows,
+            masks,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
+        outputs = ops.reshape(outputs, (batch, length, width))  # (B, S, D)
+        if return_attention_scores:
+            return outputs, scores
+        return outputs
+
+    def call_on_rows(
+        self, rows, attention_mask, training=None, return_attention_scores=False
+    ):
+        """The layer on flattened rows: (B * S, D) -> (B * S, D).
+
+        Args:
+            rows: the (B * S, D) inputs, padded rows already replaced
+                (`_masking.prepare_call`).
+            attention_mask: the call's `_masking.AttentionMask`; its
+                `batch` and `length` unflatten the rows (a -1 cannot stand
+                for B when S is 0).
+            training: bool, whether dropout is active.
+            return_attention_scores: bool, whether to return the scores.
+
+        Returns:
+            `(outputs, scores)`: the (B * S, D) rows, and the (B, H, S, S)
+            attention probabilities, or None when they were not asked for.
+        """
+        raise NotImplementedError
+
+    def get_config(self):
+        """The config of the arguments both layers take; each adds its
+        own."""
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+                **_checks.attention_config(self),
+                "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha,
+            }
+        )
+        if self.built:
+            config["dtype"] = dtype_config(self, self.projection_layers())
+        return config
+
+    def compute_mask(self, inputs, mask=None):
+        return _masking.padding_mask(inputs, mask)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_output_spec(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        attention_bias=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        _masking.check_call(
+            inputs, self.num_heads, mask, attention_mask, attention_bias
+        )
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return outputs
+        batch, length = inputs.shape[0], inputs.shape[1]
+        scores = keras.KerasTensor(
+            (batch, self.num_heads, length, length), dtype=self.compute_dtype
+        )
+        return outputs, scores
 
     # The composite layer that records this layer's LoRA: see
     # `set_lora_owner`.
@@ -148,7 +283,7 @@ class LoraMixin:
         lora_alpha = _checks.positive_float("lora_alpha", lora_alpha, True)
         if self._lora_owner is not None:
             raise ValueError(
-                f"Layer '{self.name}' is the attention of block "
+                f"Layer '{self.name}' is the attention of EncoderBlock "
                 f"'{self._lora_owner}': call the block's enable_lora, whose "
                 "config records LoRA (the attention's alone would not be "
                 "saved)"
@@ -196,7 +331,3 @@ class LoraMixin:
             self._apply_lora(
                 self.lora_rank, self.lora_alpha, "he_uniform", "zeros"
             )
-
-    def _dtype_config(self):
-        """The serialized dtype for `get_config` (see `dtype_config`)."""
-        return dtype_config(self, self.projection_layers())

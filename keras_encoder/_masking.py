@@ -86,6 +86,18 @@ def _check_dims(name, shape, expected):
             )
 
 
+def _check_rank(name, tensor, ranks, expected):
+    """`tensor`'s rank, or a `ValueError` when it is not one of `ranks`
+    ("Expected `name` {expected}. Received: ...")."""
+    rank = len(tensor.shape)
+    if rank not in ranks:
+        raise ValueError(
+            f"Expected `{name}` {expected}. Received: "
+            f"{name}.shape={tuple(tensor.shape)}"
+        )
+    return rank
+
+
 def check_inputs(inputs):
     """The (B, S, D) float input every layer of the package takes."""
     if len(inputs.shape) != 3:
@@ -145,13 +157,12 @@ def check_call(
     attention_mask = as_mask(attention_mask)
     if attention_mask is None:
         return
-    rank = len(attention_mask.shape)
-    if rank not in (3, 4):
-        raise ValueError(
-            "Expected `attention_mask` of rank 3, (batch, S, S), or rank 4, "
-            "(batch, num_heads, S, S). Received: "
-            f"attention_mask.shape={tuple(attention_mask.shape)}"
-        )
+    rank = _check_rank(
+        "attention_mask",
+        attention_mask,
+        (3, 4),
+        "of rank 3, (batch, S, S), or rank 4, (batch, num_heads, S, S)",
+    )
     _check_mask_dtype("attention_mask", attention_mask)
     heads = () if rank == 3 else ((num_heads, 1),)
     _check_dims(
@@ -163,15 +174,14 @@ def check_call(
 
 def _check_bias(bias, batch, num_heads, length):
     bias = as_mask(bias)
-    rank = len(bias.shape)
-    if rank not in (2, 4):
-        # Rank 3 is refused: broadcasting reads it as (H, S, S), while a
-        # rank-3 attention_mask is (B, S, S).
-        raise ValueError(
-            "Expected `attention_bias` of shape (S, S) or (batch or 1, "
-            "num_heads or 1, S, S). Received: "
-            f"attention_bias.shape={tuple(bias.shape)}"
-        )
+    # Rank 3 is refused: broadcasting reads it as (H, S, S), while a rank-3
+    # attention_mask is (B, S, S).
+    rank = _check_rank(
+        "attention_bias",
+        bias,
+        (2, 4),
+        "of shape (S, S) or (batch or 1, num_heads or 1, S, S)",
+    )
     if "float" not in _dtype_name(bias):
         raise TypeError(
             "`attention_bias` must be floating-point (it is added to the "

@@ -378,20 +378,20 @@ def _parser():
         "and ONNX.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser(
+    export_command = commands.add_parser(
         "export", help="export a .keras model and print a parity table"
     )
-    export.add_argument("model", metavar="MODEL.keras")
-    export.add_argument("--saved-model", metavar="DIR")
-    export.add_argument("--tflite", metavar="FILE")
-    export.add_argument(
+    export_command.add_argument("model", metavar="MODEL.keras")
+    export_command.add_argument("--saved-model", metavar="DIR")
+    export_command.add_argument("--tflite", metavar="FILE")
+    export_command.add_argument(
         "--onnx", metavar="FILE", help="also write an ONNX model (float32)"
     )
-    export.add_argument(
+    export_command.add_argument(
         "--quantize", choices=["float16", "dynamic", "int8"], default=None
     )
-    export.add_argument("--calibration", metavar="FILE.npy|.npz")
-    export.add_argument(
+    export_command.add_argument("--calibration", metavar="FILE.npy|.npz")
+    export_command.add_argument(
         "--seq-len",
         type=int,
         nargs="+",
@@ -399,12 +399,12 @@ def _parser():
         help="sequence lengths to check parity at (default: 1, 16 and the "
         "model's max_length, or 64 without one)",
     )
-    export.set_defaults(run=_export)
-    inspect = commands.add_parser(
+    export_command.set_defaults(run=_export)
+    inspect_command = commands.add_parser(
         "inspect", help="show a .tflite model's signature and ops"
     )
-    inspect.add_argument("tflite", metavar="FILE.tflite")
-    inspect.set_defaults(run=_inspect)
+    inspect_command.add_argument("tflite", metavar="FILE.tflite")
+    inspect_command.set_defaults(run=_inspect)
     return parser
 
 

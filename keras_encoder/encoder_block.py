@@ -3,7 +3,6 @@ from keras import ops
 
 from keras_encoder import _checks
 from keras_encoder import _layers
-from keras_encoder import _masking
 from keras_encoder.multi_head_self_attention import MultiHeadSelfAttention
 
 FEEDFORWARDS = ("mlp", "geglu", "swiglu")
@@ -12,7 +11,7 @@ NORMALIZATIONS = ("layer_norm", "rms_norm")
 
 
 @keras.saving.register_keras_serializable(package="keras_encoder")
-class EncoderBlock(_layers.LoraMixin, keras.layers.Layer):
+class EncoderBlock(_layers.SelfAttentionLayer):
     """One Transformer encoder block: self-attention, then feed-forward.
 
     Two sublayers, each with dropout on its output, a residual connection
@@ -198,7 +197,7 @@ class EncoderBlock(_layers.LoraMixin, keras.layers.Layer):
         self.layer_norm_epsilon = _checks.positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
-        self.use_bias = bool(use_bias)
+        self._store_shared_arguments(locals(), "attention_dropout")
         norm_bias = _checks.optional_bool("norm_bias", norm_bias)
         self.norm_bias = self.use_bias if norm_bias is None else norm_bias
         if self.normalization == "rms_norm" and self.norm_bias:
@@ -210,19 +209,6 @@ class EncoderBlock(_layers.LoraMixin, keras.layers.Layer):
                 )
             self.norm_bias = False
         self.attention_norm = _checks.boolean("attention_norm", attention_norm)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        # key_dim, flash_attention, rotary_*, sliding_window: passed on to
-        # the attention.
-        for name, value in _checks.attention_options(locals()).items():
-            setattr(self, name, value)
-        _checks.fused_without_dropout(
-            self.flash_attention, "attention_dropout", self.attention_dropout
-        )
-        self.lora_rank, self.lora_alpha = _checks.lora_options(
-            lora_rank, lora_alpha
-        )
-        self.supports_masking = True
 
     @classmethod
     def from_config(cls, config):
@@ -309,35 +295,17 @@ class EncoderBlock(_layers.LoraMixin, keras.layers.Layer):
         self.built = True
         self._build_lora()
 
-    def call(
-        self,
-        inputs,
-        mask=None,
-        attention_mask=None,
-        use_causal_mask=False,
-        attention_bias=None,
-        return_attention_scores=False,
-        training=None,
+    def call_on_rows(
+        self, rows, attention_mask, training=None, return_attention_scores=False
     ):
-        inputs, masks = _masking.prepare_call(
-            inputs,
-            self.num_heads,
-            mask,
-            attention_mask,
-            use_causal_mask,
-            attention_bias,
-        )
-        width = inputs.shape[-1]
-        batch, length = masks.batch, masks.length
-        # The whole block runs on 2-D rows: every projection is one MatMul.
-        x = ops.reshape(inputs, (-1, width))  # (B * S, D)
-        residual = x
+        """The block on flattened rows: (B * S, D) -> (B * S, D); see
+        `SelfAttentionLayer.call_on_rows` (in `_layers`)."""
+        x = residual = rows
         if self.norm_first and self.attention_layer_norm is not None:
             x = self.attention_layer_norm(x)
         x, scores = self.attention.call_on_rows(
             x,
-            (batch, length),
-            masks,
+            attention_mask,
             training=training,
             return_attention_scores=return_attention_scores,
         )
@@ -356,66 +324,24 @@ class EncoderBlock(_layers.LoraMixin, keras.layers.Layer):
         x = residual + self.feedforward_output_dropout(x, training=training)
         if not self.norm_first:
             x = self.feedforward_layer_norm(x)
-        x = ops.reshape(x, (batch, length, width))  # (B, S, D)
-
-        if return_attention_scores:
-            return x, scores
-        return x
-
-    def compute_mask(self, inputs, mask=None):
-        return _masking.padding_mask(inputs, mask)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def compute_output_spec(
-        self,
-        inputs,
-        mask=None,
-        attention_mask=None,
-        use_causal_mask=False,
-        attention_bias=None,
-        return_attention_scores=False,
-        training=None,
-    ):
-        return self.attention.compute_output_spec(
-            inputs,
-            mask=mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-            attention_bias=attention_bias,
-            return_attention_scores=return_attention_scores,
-        )
+        return x, scores
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
                 "dropout": self.dropout,
                 "attention_dropout": self.attention_dropout,
                 "activation": keras.activations.serialize(self.activation),
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
                 "feedforward": self.feedforward,
                 "normalization": self.normalization,
                 "norm_bias": self.norm_bias,
                 "attention_norm": self.attention_norm,
-                **_checks.attention_config(self),
-                "lora_rank": self.lora_rank,
-                "lora_alpha": self.lora_alpha,
             }
         )
-        if self.built:
-            config["dtype"] = self._dtype_config()
         return config
 
     def projection_layers(self):

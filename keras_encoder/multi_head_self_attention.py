@@ -17,7 +17,7 @@ _flash_attention_switch = getattr(
 
 
 @keras.saving.register_keras_serializable(package="keras_encoder")
-class MultiHeadSelfAttention(_layers.LoraMixin, keras.layers.Layer):
+class MultiHeadSelfAttention(_layers.SelfAttentionLayer):
     """Multi-head scaled dot-product self-attention.
 
     Projects the inputs to queries, keys and values for each of `num_heads`
@@ -163,19 +163,7 @@ class MultiHeadSelfAttention(_layers.LoraMixin, keras.layers.Layer):
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         self.value_dim = _checks.positive_int("value_dim", value_dim, True)
         self.dropout = _checks.rate("dropout", dropout)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        # key_dim, flash_attention, rotary_*, sliding_window.
-        for name, value in _checks.attention_options(locals()).items():
-            setattr(self, name, value)
-        _checks.fused_without_dropout(
-            self.flash_attention, "dropout", self.dropout
-        )
-        self.lora_rank, self.lora_alpha = _checks.lora_options(
-            lora_rank, lora_alpha
-        )
-        self.supports_masking = True
+        self._store_shared_arguments(locals(), "dropout")
 
     def build(self, input_shape):
         width = input_shape[-1]
@@ -228,39 +216,6 @@ class MultiHeadSelfAttention(_layers.LoraMixin, keras.layers.Layer):
         self.built = True
         self._build_lora()
 
-    def call(
-        self,
-        inputs,
-        mask=None,
-        attention_mask=None,
-        use_causal_mask=False,
-        attention_bias=None,
-        return_attention_scores=False,
-        training=None,
-    ):
-        inputs, masks = _masking.prepare_call(
-            inputs,
-            self.num_heads,
-            mask,
-            attention_mask,
-            use_causal_mask,
-            attention_bias,
-        )
-        width = inputs.shape[-1]
-        batch, length = masks.batch, masks.length
-        rows = ops.reshape(inputs, (-1, width))  # (B * S, D)
-        outputs, scores = self.call_on_rows(
-            rows,
-            (batch, length),
-            masks,
-            training=training,
-            return_attention_scores=return_attention_scores,
-        )
-        outputs = ops.reshape(outputs, (batch, length, width))  # (B, S, D)
-        if return_attention_scores:
-            return outputs, scores
-        return outputs
-
     def projection_layers(self):
         """The four `Dense` projections (query, key, value, output): what
         Keras quantization and LoRA act on."""
@@ -272,28 +227,16 @@ class MultiHeadSelfAttention(_layers.LoraMixin, keras.layers.Layer):
         ]
 
     def call_on_rows(
-        self,
-        rows,
-        batch_and_length,
-        attention_mask,
-        training=None,
-        return_attention_scores=False,
+        self, rows, attention_mask, training=None, return_attention_scores=False
     ):
         """Self-attention on flattened rows: (B * S, D) -> (B * S, D).
 
         The seam for composite layers: `EncoderBlock` calls it so that its
-        whole block stays on rows, where every projection is one 2-D
-        MatMul. The caller has validated the call and replaced padded rows
-        (`_masking.prepare_call`, which also gives `attention_mask`, an
-        `AttentionMask`). `batch_and_length` is (B, S), needed to unflatten
-        (a -1 cannot stand for B when S is 0). Rotary positions and the
-        sliding window apply here, before `_compute_attention`.
-
-        Returns:
-            `(outputs, scores)`: the (B * S, D) rows, and the scores as
-            `_compute_attention` returns them.
+        whole block stays on rows. Rotary positions and the sliding window
+        apply here, before `_compute_attention`. Arguments and returns as
+        `SelfAttentionLayer.call_on_rows` (in `_layers`).
         """
-        batch, length = batch_and_length
+        batch, length = attention_mask.batch, attention_mask.length
         heads = self.num_heads
         key_dim, value_dim = self._head_key_dim, self._head_value_dim
         query = ops.reshape(
@@ -391,53 +334,7 @@ class MultiHeadSelfAttention(_layers.LoraMixin, keras.layers.Layer):
             )
         return reason is None
 
-    def compute_mask(self, inputs, mask=None):
-        return _masking.padding_mask(inputs, mask)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def compute_output_spec(
-        self,
-        inputs,
-        mask=None,
-        attention_mask=None,
-        use_causal_mask=False,
-        attention_bias=None,
-        return_attention_scores=False,
-        training=None,
-    ):
-        _masking.check_call(
-            inputs, self.num_heads, mask, attention_mask, attention_bias
-        )
-        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
-        if not return_attention_scores:
-            return outputs
-        batch, length = inputs.shape[0], inputs.shape[1]
-        scores = keras.KerasTensor(
-            (batch, self.num_heads, length, length), dtype=self.compute_dtype
-        )
-        return outputs, scores
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "value_dim": self.value_dim,
-                "dropout": self.dropout,
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
-                **_checks.attention_config(self),
-                "lora_rank": self.lora_rank,
-                "lora_alpha": self.lora_alpha,
-            }
-        )
-        if self.built:
-            config["dtype"] = self._dtype_config()
+        config.update({"value_dim": self.value_dim, "dropout": self.dropout})
         return config

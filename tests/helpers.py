@@ -1,6 +1,8 @@
 """Shared test helpers: the generic layer checks, done once."""
 
+import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -207,3 +209,22 @@ PUBLIC_LAYERS = (
     keras_encoder.EncoderBlock,
     keras_encoder.SentencePooling,
 )
+
+
+def checkpoint_copy(checkpoint, tmp_path, weights=None, config=None):
+    """A copy of the safetensors checkpoint directory `checkpoint` at
+    `tmp_path / "checkpoint"`, with `weights` ({name: array} -> {name:
+    array}) applied to its tensors and `config` (dict -> dict) to its
+    config.json."""
+    from safetensors.numpy import load_file
+    from safetensors.numpy import save_file
+
+    target = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint, target)
+    if weights is not None:
+        tensors = weights(load_file(target / "model.safetensors"))
+        save_file(tensors, target / "model.safetensors")
+    if config is not None:
+        changed = config(json.loads((target / "config.json").read_text()))
+        (target / "config.json").write_text(json.dumps(changed))
+    return target

@@ -19,6 +19,7 @@ from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
 from keras_encoder import SentencePooling
 from keras_encoder import distribution
+from keras_encoder.testing import padded_ids
 
 VOCAB, WIDTH, HEADS, FFN = 40, 32, 4, 64
 
@@ -43,9 +44,7 @@ def build():
 keras.utils.set_random_seed(0)
 initial = build().get_weights()
 rng = np.random.default_rng(1)
-ids = rng.integers(1, VOCAB, size=(16, 12)).astype("int32")
-lengths = rng.integers(3, 13, size=16)
-ids[np.arange(12)[None, :] >= lengths[:, None]] = 0
+ids = padded_ids(16, 12, VOCAB, rng=rng, min_length=3)
 targets = rng.normal(size=(16, 1)).astype("float32")
 
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
 from keras_encoder import SentencePooling
+from keras_encoder.testing import padded_ids
 
 VOCAB, LENGTH, CLASSES = 30, 12, 3
 EXAMPLES, GLOBAL_BATCH, EPOCHS, LEARNING_RATE = 32, 8, 2, 0.1
@@ -44,10 +45,9 @@ def padded_data(seed=0):
     """(tokens, labels): EXAMPLES rows of random lengths, padded with 0;
     every fifth row is all padding."""
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(1, VOCAB, size=(EXAMPLES, LENGTH)).astype("int32")
-    lengths = rng.integers(1, LENGTH + 1, size=EXAMPLES)
-    lengths[::5] = 0
-    tokens[np.arange(LENGTH)[None, :] >= lengths[:, None]] = 0
+    tokens = padded_ids(
+        EXAMPLES, LENGTH, VOCAB, rng=rng, empty_rows=slice(None, None, 5)
+    )
     return tokens, rng.integers(0, CLASSES, size=EXAMPLES)
 
 

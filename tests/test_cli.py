@@ -20,6 +20,7 @@ from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
 from keras_encoder import cli
 from keras_encoder import export
+from keras_encoder.testing import padded_ids
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +43,7 @@ def model_file(tmp_path_factory):
 def calibration(tmp_path_factory):
     # Every length from 1 to 12: int8 calibrates the masked mean's token
     # count like any activation, so short sequences must be represented.
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1, 50, size=(64, 12)).astype("int32")
-    lengths = rng.integers(1, 13, size=64)
-    ids[np.arange(12)[None, :] >= lengths[:, None]] = 0
+    ids = padded_ids(64, 12, 50, seed=0)
     path = tmp_path_factory.mktemp("calibration") / "calibration.npy"
     np.save(path, ids)
     return path
@@ -251,67 +249,45 @@ def _zip_without_config(tmp_path):
     return path
 
 
+def _to_tflite(model, tmp, *options, target="m.tflite"):
+    """Arguments exporting `model` to `tmp / target`, then `options`."""
+    return [str(model), "--tflite", str(tmp / target), *options]
+
+
+# case: (arguments from (work dir, model file, calibration file), error)
 BAD_EXPORTS = {
     "missing model": (
-        lambda tmp, model, cal: [
-            str(tmp / "nope.keras"),
-            "--tflite",
-            "m.tflite",
-        ],
+        lambda tmp, model, cal: _to_tflite(tmp / "nope.keras", tmp),
         r"nope.keras: no such file",
     ),
     "not a zip": (
-        lambda tmp, model, cal: [
-            str(_not_a_keras_file(tmp)),
-            "--tflite",
-            str(tmp / "m.tflite"),
-        ],
+        lambda tmp, model, cal: _to_tflite(_not_a_keras_file(tmp), tmp),
         r"not a Keras .keras file \(not a zip\)",
     ),
     "zip without config": (
-        lambda tmp, model, cal: [
-            str(_zip_without_config(tmp)),
-            "--tflite",
-            str(tmp / "m.tflite"),
-        ],
+        lambda tmp, model, cal: _to_tflite(_zip_without_config(tmp), tmp),
         r"not a Keras .keras file \(no config\)",
     ),
     "int8 without calibration": (
-        lambda tmp, model, cal: [
-            str(model),
-            "--tflite",
-            str(tmp / "m.tflite"),
-            "--quantize",
-            "int8",
-        ],
+        lambda tmp, model, cal: _to_tflite(model, tmp, "--quantize", "int8"),
         r"--quantize int8 needs --calibration",
     ),
     "missing calibration file": (
-        lambda tmp, model, cal: [
-            str(model),
-            "--tflite",
-            str(tmp / "m.tflite"),
-            "--quantize",
-            "int8",
-            "--calibration",
-            str(tmp / "none.npy"),
-        ],
+        lambda tmp, model, cal: _to_tflite(
+            model,
+            tmp,
+            *("--quantize", "int8", "--calibration", str(tmp / "none.npy")),
+        ),
         r"--calibration .*none.npy: no such file",
     ),
     "unwritable path": (
-        lambda tmp, model, cal: [
-            str(model),
-            "--tflite",
-            str(tmp / "no" / "such" / "dir" / "m.tflite"),
-        ],
+        lambda tmp, model, cal: _to_tflite(
+            model, tmp, target="no/such/dir/m.tflite"
+        ),
         r"--tflite .*m.tflite: directory .* does not exist",
     ),
     "unwritable saved model path": (
-        lambda tmp, model, cal: [
-            str(model),
-            "--saved-model",
-            str(tmp / "no" / "dir" / "sm"),
-        ],
+        lambda tmp, model, cal: [str(model), "--saved-model", f"{tmp}/no/sm"],
         r"--saved-model .*sm: directory .* does not exist",
     ),
     "nothing to do": (
@@ -319,13 +295,7 @@ BAD_EXPORTS = {
         r"nothing to do",
     ),
     "sequence longer than the model": (
-        lambda tmp, model, cal: [
-            str(model),
-            "--tflite",
-            str(tmp / "m.tflite"),
-            "--seq-len",
-            "40",
-        ],
+        lambda tmp, model, cal: _to_tflite(model, tmp, "--seq-len", "40"),
         r"--seq-len 40 exceeds the model's max_length 12",
     ),
 }

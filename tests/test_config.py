@@ -1,6 +1,7 @@
 """Constructor arguments: all in get_config, bad ones rejected clearly."""
 
 import inspect
+import re
 
 import keras
 import pytest
@@ -129,207 +130,68 @@ def test_non_default_config_round_trips(cls):
             assert config[name] == value, name
 
 
+# (layer, argument, bad value, what the message says is expected): the
+# layer's required arguments with that one argument set to that value.
+ACTIVATION = "a Keras activation name such as .relu. or .gelu., or a callable"
 BAD_ARGUMENTS = [
+    (MultiHeadSelfAttention, "num_heads", 0, r"a positive integer"),
+    (MultiHeadSelfAttention, "num_heads", 2.5, r"a positive integer"),
+    (MultiHeadSelfAttention, "key_dim", -1, r"a positive integer"),
+    (MultiHeadSelfAttention, "value_dim", 0, r"a positive integer"),
+    (MultiHeadSelfAttention, "dropout", 1.0, r"a float in \[0, 1\)"),
+    (EncoderBlock, "num_heads", -2, r"a positive integer"),
+    (EncoderBlock, "intermediate_dim", 0, r"a positive integer"),
+    (EncoderBlock, "activation", "nope", ACTIVATION),
+    (EncoderBlock, "activation", 3, ACTIVATION),
     (
         MultiHeadSelfAttention,
-        {"num_heads": 0},
-        "num_heads",
-        "a positive integer",
-        "0",
-    ),
-    (
-        MultiHeadSelfAttention,
-        {"num_heads": 2.5},
-        "num_heads",
-        "a positive integer",
-        "2.5",
-    ),
-    (
-        MultiHeadSelfAttention,
-        {"num_heads": 2, "key_dim": -1},
-        "key_dim",
-        "a positive integer",
-        "-1",
-    ),
-    (
-        MultiHeadSelfAttention,
-        {"num_heads": 2, "value_dim": 0},
-        "value_dim",
-        "a positive integer",
-        "0",
-    ),
-    (
-        MultiHeadSelfAttention,
-        {"num_heads": 2, "dropout": 1.0},
-        "dropout",
-        r"a float in \[0, 1\)",
-        "1.0",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": -2, "intermediate_dim": 4},
-        "num_heads",
-        "a positive integer",
-        "-2",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 0},
-        "intermediate_dim",
-        "a positive integer",
-        "0",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "activation": "nope"},
-        "activation",
-        "a Keras activation name such as .relu. or .gelu., or a callable",
-        "'nope'",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "activation": 3},
-        "activation",
-        "a Keras activation name such as .relu. or .gelu., or a callable",
-        "3",
-    ),
-    (
-        MultiHeadSelfAttention,
-        {"num_heads": 2, "rotary_max_wavelength": 1.0},
         "rotary_max_wavelength",
-        "None or a finite float > 1",
-        "1.0",
+        1.0,
+        r"None or a finite float > 1",
     ),
+    (EncoderBlock, "rotary_max_wavelength", "x", r"None or a finite float > 1"),
+    (MultiHeadSelfAttention, "rotary_fraction", 0.0, r"a float in \(0, 1\]"),
+    (EncoderBlock, "rotary_fraction", 1.5, r"a float in \(0, 1\]"),
+    (MultiHeadSelfAttention, "sliding_window", 0, r"a positive integer"),
     (
         EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "rotary_max_wavelength": "x"},
-        "rotary_max_wavelength",
-        "None or a finite float > 1",
-        "'x'",
-    ),
-    (
-        MultiHeadSelfAttention,
-        {"num_heads": 2, "rotary_fraction": 0.0},
-        "rotary_fraction",
-        r"a float in \(0, 1\]",
-        "0.0",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "rotary_fraction": 1.5},
-        "rotary_fraction",
-        r"a float in \(0, 1\]",
-        "1.5",
-    ),
-    (
-        MultiHeadSelfAttention,
-        {"num_heads": 2, "sliding_window": 0},
-        "sliding_window",
-        "a positive integer",
-        "0",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "feedforward": "glu"},
         "feedforward",
+        "glu",
         r"one of \('mlp', 'geglu', 'swiglu'\)",
-        "'glu'",
     ),
     (
         EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "normalization": "batch"},
         "normalization",
+        "batch",
         r"one of \('layer_norm', 'rms_norm'\)",
-        "'batch'",
     ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "norm_bias": 1},
-        "norm_bias",
-        "None, True or False",
-        "1",
-    ),
-    (
-        AlibiBias,
-        {"num_heads": 0},
-        "num_heads",
-        "a positive integer",
-        "0",
-    ),
-    (
-        AlibiBias,
-        {"num_heads": 4, "alibi_bias_max": -1},
-        "alibi_bias_max",
-        "a positive float",
-        "-1",
-    ),
-    (
-        AlibiBias,
-        {"num_heads": 4, "alibi_bias_max": float("inf")},
-        "alibi_bias_max",
-        "a positive float",
-        "inf",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "attention_norm": "no"},
-        "attention_norm",
-        "True or False",
-        "'no'",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "attention_dropout": -0.1},
-        "attention_dropout",
-        r"a float in \[0, 1\)",
-        "-0.1",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "layer_norm_epsilon": 0},
-        "layer_norm_epsilon",
-        "a positive float",
-        "0",
-    ),
-    (
-        MultiHeadSelfAttention,
-        {"num_heads": 2, "flash_attention": "yes"},
-        "flash_attention",
-        "None, True or False",
-        "'yes'",
-    ),
-    (
-        EncoderBlock,
-        {"num_heads": 2, "intermediate_dim": 4, "flash_attention": 1},
-        "flash_attention",
-        "None, True or False",
-        "1",
-    ),
+    (EncoderBlock, "norm_bias", 1, r"None, True or False"),
+    (AlibiBias, "num_heads", 0, r"a positive integer"),
+    (AlibiBias, "alibi_bias_max", -1, r"a positive float"),
+    (AlibiBias, "alibi_bias_max", float("inf"), r"a positive float"),
+    (EncoderBlock, "attention_norm", "no", r"True or False"),
+    (EncoderBlock, "attention_dropout", -0.1, r"a float in \[0, 1\)"),
+    (EncoderBlock, "layer_norm_epsilon", 0, r"a positive float"),
+    (MultiHeadSelfAttention, "flash_attention", "yes", r"None, True or False"),
+    (EncoderBlock, "flash_attention", 1, r"None, True or False"),
+    (PositionalEncoding, "max_length", 0, r"a positive integer"),
     (
         PositionalEncoding,
-        {"max_length": 0},
-        "max_length",
-        "a positive integer",
-        "0",
-    ),
-    (
-        PositionalEncoding,
-        {"max_length": 8, "mode": "rotary"},
         "mode",
+        "rotary",
         r"one of \('sinusoidal', 'learned'\)",
-        "'rotary'",
     ),
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs,name,expected,received", BAD_ARGUMENTS)
-def test_bad_arguments_raise_value_error(cls, kwargs, name, expected, received):
+@pytest.mark.parametrize("cls,name,value,expected", BAD_ARGUMENTS)
+def test_bad_arguments_raise_value_error(cls, name, value, expected):
     message = (
         rf"Received an invalid value for argument `{name}`: expected "
-        rf"{expected}. Received: {name}={received}$"
+        rf"{expected}. Received: {name}={re.escape(repr(value))}$"
     )
     with pytest.raises(ValueError, match=message):
-        cls(**kwargs)
+        cls(**{**REQUIRED[cls], name: value})
 
 
 def test_block_checks_width_against_heads_at_build():

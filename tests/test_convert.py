@@ -3,7 +3,6 @@ outputs that torch, transformers and sentence-transformers computed
 (tests/fixtures/make_fixtures.py)."""
 
 import collections
-import json
 import os
 import pathlib
 import shutil
@@ -16,8 +15,10 @@ import pytest
 from keras_encoder import convert
 from keras_encoder import export
 from tests.conftest import load_example
+from tests.helpers import checkpoint_copy
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+TINY_BERT = FIXTURES / "tiny_bert"
 MINILM_DIR = os.environ.get("KERAS_ENCODER_MINILM_DIR")
 
 
@@ -133,12 +134,9 @@ def test_tiny_bert_saves_and_exports(tiny_bert, tmp_path):
 
 
 def _checkpoint_copy(tmp_path, **config_changes):
-    target = tmp_path / "checkpoint"
-    shutil.copytree(FIXTURES / "tiny_bert", target)
-    config = json.loads((target / "config.json").read_text())
-    config.update(config_changes)
-    (target / "config.json").write_text(json.dumps(config))
-    return target
+    return checkpoint_copy(
+        TINY_BERT, tmp_path, config=lambda c: {**c, **config_changes}
+    )
 
 
 def test_hf_errors(tmp_path):
@@ -164,26 +162,13 @@ def test_hf_errors(tmp_path):
         convert.load_hf_bert(FIXTURES / "tiny_bert", pooling="max")
 
 
-def _weights_copy(tmp_path, change):
-    """A copy of the tiny BERT checkpoint whose tensors `change` maps to
-    new ones."""
-    from safetensors.numpy import load_file
-    from safetensors.numpy import save_file
-
-    target = tmp_path / "checkpoint"
-    shutil.copytree(FIXTURES / "tiny_bert", target)
-    weights = change(load_file(target / "model.safetensors"))
-    save_file(weights, target / "model.safetensors")
-    return target
-
-
 def _extra_weight(weights):
     return {**weights, "encoder.layer.0.extra.weight": np.zeros(3, "float32")}
 
 
 @pytest.mark.parametrize("loader", [convert.load_hf_bert, convert.load_hf])
 def test_unused_weights_warn_by_default_and_fail_on_request(tmp_path, loader):
-    checkpoint = _weights_copy(tmp_path, _extra_weight)
+    checkpoint = checkpoint_copy(TINY_BERT, tmp_path, _extra_weight)
     message = (
         r"1 weight\(s\) of .*model.safetensors were not used: "
         r"'encoder.layer.0.extra.weight'"
@@ -211,7 +196,8 @@ def test_torch_encoder_layer_reports_unused_entries(torch_layers):
 
 
 def test_a_wrong_shaped_weight_is_named(tmp_path):
-    checkpoint = _weights_copy(
+    checkpoint = checkpoint_copy(
+        TINY_BERT,
         tmp_path,
         lambda w: {**w, "embeddings.LayerNorm.weight": np.ones(31, "float32")},
     )
@@ -238,7 +224,9 @@ def test_a_bert_with_heads_loads_its_encoder_silently(tiny_bert, tmp_path):
     inputs = _bert_inputs(tiny_bert)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = convert.load_hf_bert(_weights_copy(tmp_path, with_heads))
+        model = convert.load_hf_bert(
+            checkpoint_copy(TINY_BERT, tmp_path, with_heads)
+        )
     expected = convert.load_hf_bert(FIXTURES / "tiny_bert")(inputs)
     for name, value in model(inputs).items():
         np.testing.assert_array_equal(
@@ -315,38 +303,17 @@ def test_minilm_matches_sentence_transformers(minilm):
 
 
 @pytest.mark.slow
-def test_minilm_tflite_float32_matches_sentence_transformers(minilm, tmp_path):
-    from ai_edge_litert.interpreter import Interpreter
-
+@pytest.mark.parametrize("to_format", [export.to_tflite, export.to_onnx])
+def test_minilm_artifact_matches_sentence_transformers(
+    minilm, to_format, tmp_path
+):
+    """Float32 TFLite (builtin ops) and ONNX of the real checkpoint."""
     model, reference = minilm
-    path = export.to_tflite(model, tmp_path / "minilm.tflite")
-    assert export.describe_tflite(path)["builtin_only"]
-    runner = Interpreter(model_path=str(path)).get_signature_runner()
-    out = runner(**_bert_inputs(reference))
-    real = reference["attention_mask"].astype(bool)
-    np.testing.assert_allclose(
-        out["last_hidden_state"][real],
-        reference["real_token_states"],
-        atol=1e-4,
-    )
-    cosines = _cosines(
-        out["sentence_embedding"], reference["sentence_embedding"]
-    )
-    assert cosines.min() >= 0.99999
-
-
-@pytest.mark.slow
-def test_minilm_onnx_matches_sentence_transformers(minilm, tmp_path):
-    import onnxruntime
-
-    model, reference = minilm
-    path = export.to_onnx(model, tmp_path / "minilm.onnx")
-    session = onnxruntime.InferenceSession(
-        str(path), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    outputs = session.run(None, _bert_inputs(reference))
-    out = dict(zip(names, outputs, strict=True))
+    suffix = "tflite" if to_format is export.to_tflite else "onnx"
+    path = to_format(model, tmp_path / f"minilm.{suffix}")
+    if suffix == "tflite":
+        assert export.describe_tflite(path)["builtin_only"]
+    out = export.run_artifact(path, _bert_inputs(reference))
     real = reference["attention_mask"].astype(bool)
     np.testing.assert_allclose(
         out["last_hidden_state"][real],

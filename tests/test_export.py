@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 
 from keras_encoder import AlibiBias
 from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
 from keras_encoder import PositionalEncoding
 from keras_encoder import export
+from keras_encoder.testing import padded_ids
 from tests.conftest import load_example
 from tests.helpers import to_numpy
 
@@ -70,19 +70,19 @@ def two_input_encoder():
 
 
 def token_batch(batch, length, seed=0, empty_row=False):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, VOCAB, size=(batch, length)).astype("int32")
-    lengths = rng.integers(1, length + 1, size=batch)
-    lengths[0] = length
-    if empty_row:
-        lengths[-1] = 0
-    ids[np.arange(length)[None, :] >= lengths[:, None]] = 0
-    return ids
+    """Padded ids, the first row full, the last one empty if asked."""
+    return padded_ids(
+        batch,
+        length,
+        VOCAB,
+        seed=seed,
+        full_rows=[0],
+        empty_rows=[-1] if empty_row else None,
+    )
 
 
 def run_tflite(path, named):
-    runner = Interpreter(model_path=str(path)).get_signature_runner()
-    return runner(**named)
+    return export.litert_runner(path)(**named)
 
 
 SHAPES = [(1, 1), (2, 5), (3, MAX_LENGTH), (4, 9)]

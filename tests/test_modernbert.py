@@ -17,6 +17,7 @@ from keras_encoder import convert
 from keras_encoder import export
 from keras_encoder.convert import modernbert
 from tests import numpy_reference as ref
+from tests.helpers import checkpoint_copy
 from tests.helpers import to_numpy
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -42,9 +43,12 @@ def _cosines(a, b):
     )
 
 
-def _check_parity(states, embedding, reference, pooling="mean"):
+def _check_parity(outputs, reference, pooling="mean"):
     """Token states at 1e-5 and embedding cosines >= 0.99999 at real
-    tokens and rows (the last row is all padding)."""
+    tokens and rows (the last row is all padding), from a loaded model's
+    (or its artifact's) outputs by name."""
+    states = to_numpy(outputs["last_hidden_state"])
+    embedding = to_numpy(outputs["sentence_embedding"])
     real = reference["attention_mask"].astype(bool)
     np.testing.assert_allclose(
         states[real], reference["last_hidden_state"][real], atol=1e-5
@@ -59,12 +63,7 @@ def _check_parity(states, embedding, reference, pooling="mean"):
 def test_matches_transformers(reference, pooling):
     model = convert.load_hf_modernbert(CHECKPOINT, pooling=pooling)
     out = model(_inputs(reference))
-    _check_parity(
-        to_numpy(out["last_hidden_state"]),
-        to_numpy(out["sentence_embedding"]),
-        reference,
-        pooling,
-    )
+    _check_parity(out, reference, pooling)
 
 
 def test_layers_are_local_and_global_as_configured():
@@ -101,10 +100,7 @@ def test_both_config_forms_give_the_same_layer_arguments(reference):
 
 
 def _checkpoint_copy(tmp_path, config):
-    target = tmp_path / "checkpoint"
-    shutil.copytree(CHECKPOINT, target)
-    (target / "config.json").write_text(json.dumps(config))
-    return target
+    return checkpoint_copy(CHECKPOINT, tmp_path, config=lambda _: config)
 
 
 def test_transformers5_config_form_gives_the_same_model(reference, tmp_path):
@@ -114,23 +110,7 @@ def test_transformers5_config_form_gives_the_same_model(reference, tmp_path):
     assert "layer_types" in config and "global_rope_theta" not in config
     model = convert.load_hf(_checkpoint_copy(tmp_path, config))
     out = model(_inputs(reference))
-    _check_parity(
-        to_numpy(out["last_hidden_state"]),
-        to_numpy(out["sentence_embedding"]),
-        reference,
-    )
-
-
-def _weights_copy(tmp_path, change):
-    """A copy of the checkpoint whose tensors `change` maps to new ones."""
-    from safetensors.numpy import load_file
-    from safetensors.numpy import save_file
-
-    target = tmp_path / "weights"
-    shutil.copytree(CHECKPOINT, target)
-    weights = change(load_file(target / "model.safetensors"))
-    save_file(weights, target / "model.safetensors")
-    return target
+    _check_parity(out, reference)
 
 
 def test_a_masked_lm_checkpoint_loads_its_encoder(reference, tmp_path):
@@ -146,19 +126,18 @@ def test_a_masked_lm_checkpoint_loads_its_encoder(reference, tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = convert.load_hf_modernbert(_weights_copy(tmp_path, with_head))
+        model = convert.load_hf_modernbert(
+            checkpoint_copy(CHECKPOINT, tmp_path, with_head)
+        )
     out = model(_inputs(reference))
-    _check_parity(
-        to_numpy(out["last_hidden_state"]),
-        to_numpy(out["sentence_embedding"]),
-        reference,
-    )
+    _check_parity(out, reference)
 
 
 def test_a_bias_the_model_lacks_is_reported(tmp_path):
     """norm_bias=false, yet the checkpoint has a norm bias: the model has
     no place for it, and the loader says so."""
-    target = _weights_copy(
+    target = checkpoint_copy(
+        CHECKPOINT,
         tmp_path,
         lambda w: {**w, "layers.1.mlp_norm.bias": np.zeros(32, "float32")},
     )
@@ -242,11 +221,9 @@ def test_tflite_float32_matches_transformers(reference, tmp_path):
         "attention_mask": [-1, -1],
     }
     inputs = _inputs(reference)
-    runner = export.litert_interpreter(path).get_signature_runner()
+    runner = export.litert_runner(path)
     out = runner(**inputs)
-    _check_parity(
-        out["last_hidden_state"], out["sentence_embedding"], reference
-    )
+    _check_parity(out, reference)
     # Other shapes: shorter than the window, one token, one row.
     for batch, length in [(2, 3), (1, 1), (3, 11)]:
         sliced = {k: v[:batch, :length].copy() for k, v in inputs.items()}

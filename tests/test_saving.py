@@ -13,6 +13,7 @@ import pytest
 from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
 from keras_encoder import SentencePooling
+from keras_encoder.testing import padded_ids
 
 VOCAB, MAX_LENGTH = 30, 12
 
@@ -42,11 +43,22 @@ def build_classifier(
 
 
 def _tokens(seed=0, batch=8):
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(1, VOCAB, size=(batch, MAX_LENGTH))
-    lengths = rng.integers(0, MAX_LENGTH + 1, size=batch)
-    tokens[np.arange(MAX_LENGTH)[None, :] >= lengths[:, None]] = 0
-    return tokens.astype("int32")
+    return padded_ids(batch, MAX_LENGTH, VOCAB, seed=seed, min_length=0)
+
+
+# What the scripts run in a new interpreter read and write, in order.
+FILES = ("model.keras", "x.npy", "y.npy")
+
+
+def _python(script, *args, timeout):
+    """Run `script` in a new interpreter with `args`: the finished
+    process, its output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _train(model, steps=3):
@@ -84,19 +96,8 @@ def test_keras_file_reloads_in_fresh_process(mode, norm_first, tmp_path):
     np.save(tmp_path / "x.npy", x)
     model.save(tmp_path / "model.keras")
     # A new interpreter: nothing of this process's Keras state carries over.
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            RELOAD,
-            str(tmp_path / "model.keras"),
-            str(tmp_path / "x.npy"),
-            str(tmp_path / "y.npy"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    result = _python(RELOAD, *(tmp_path / f for f in FILES), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(
         np.load(tmp_path / "y.npy"), model.predict(x, verbose=0)
     )
@@ -251,19 +252,10 @@ def test_keras_file_moves_between_backends(other, tmp_path):
     x = _tokens(6)
     np.save(tmp_path / "x.npy", x)
     model.save(tmp_path / "model.keras")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            CROSS_BACKEND,
-            other,
-            str(tmp_path / "model.keras"),
-            str(tmp_path / "x.npy"),
-            str(tmp_path / "y.npy"),
-            str(tmp_path / "model.tflite"),
-        ],
-        capture_output=True,
-        text=True,
+    result = _python(
+        CROSS_BACKEND,
+        other,
+        *(tmp_path / f for f in (*FILES, "model.tflite")),
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

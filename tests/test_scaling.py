@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_encoder import EncoderBlock
 from keras_encoder import PositionalEncoding
 from keras_encoder import SentencePooling
+from keras_encoder.testing import padded_ids
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +30,14 @@ def classifier(policy=None, norm_first=False):
 
 def data(batch=16, seed=0, empty_rows=True):
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(1, VOCAB, size=(batch, LENGTH)).astype("int32")
-    lengths = rng.integers(1, LENGTH + 1, size=batch)
-    if empty_rows:
-        lengths[::5] = 0  # fully padded sequences
-    tokens[np.arange(LENGTH)[None, :] >= lengths[:, None]] = 0
+    tokens = padded_ids(
+        batch,
+        LENGTH,
+        VOCAB,
+        rng=rng,
+        # Every fifth sequence fully padded.
+        empty_rows=slice(None, None, 5) if empty_rows else None,
+    )
     labels = rng.integers(0, 3, size=batch)
     return tokens, labels
 

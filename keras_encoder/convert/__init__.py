@@ -15,7 +15,7 @@ safetensors files, one tensor at a time. Weights a loader has no place
 for are reported (`unused="warn"`, `"error"` or `"ignore"`).
 
 One module per source: `torch_layer`, `bert`, `modernbert` (each
-Hugging Face family a `convert_backbone_config`, a `build_model` and a
+Hugging Face family a `convert_backbone_config`, a `build_encoder` and a
 `convert_weights`), with `checkpoint` the shared reader.
 """
 

@@ -2,8 +2,9 @@
 
 Each model family (`bert.py`, `modernbert.py`) is a `Converter` of three
 steps: `convert_backbone_config` (config.json -> the arguments of our
-layers, a pure function), `build_model` (those arguments -> a Keras
-model) and `convert_weights` (the checkpoint's tensors -> that model).
+layers, a pure function), `build_encoder` (those arguments -> the
+encoder's inputs and last hidden state, which `sentence_model` pools) and
+`convert_weights` (the checkpoint's tensors -> that model).
 `Converter.load` runs them; the helpers here are the pieces the families
 have in common.
 """
@@ -111,7 +112,8 @@ class Converter:
         ignored: `fnmatch` patterns of checkpoint names the family never
             needs (heads, buffers), so not reported as unused.
         convert_backbone_config: config.json -> the layer arguments.
-        build_model: (layer arguments, pooling, normalize) -> the model.
+        build_encoder: layer arguments -> (inputs by name, last hidden
+            state), which `sentence_model` pools.
         convert_weights: (model, `Weights`) -> None: ports every weight.
     """
 
@@ -120,7 +122,7 @@ class Converter:
     prefix: str
     ignored: tuple[str, ...]
     convert_backbone_config: Callable[[dict], dict]
-    build_model: Callable[[dict, str, bool], keras.Model]
+    build_encoder: Callable[[dict], tuple[dict, keras.KerasTensor]]
     convert_weights: Callable[[keras.Model, Weights], None]
 
     def load(
@@ -139,6 +141,13 @@ class Converter:
         with open_safetensors(
             model_dir, prefix=self.prefix, ignore=self.ignored, unused=unused
         ) as weights:
-            model = self.build_model(arguments, pooling, normalize)
+            inputs, states = self.build_encoder(arguments)
+            model = sentence_model(
+                inputs,
+                states,
+                pooling=pooling,
+                normalize=normalize,
+                name=arguments["name"],
+            )
             self.convert_weights(model, weights)
         return model

@@ -11,7 +11,6 @@ from keras_encoder.convert._common import dimensions
 from keras_encoder.convert._common import encoder_blocks
 from keras_encoder.convert._common import int_input
 from keras_encoder.convert._common import model_name
-from keras_encoder.convert._common import sentence_model
 from keras_encoder.convert.checkpoint import Weights
 from keras_encoder.convert.checkpoint import port_dense
 from keras_encoder.convert.checkpoint import port_norm
@@ -51,9 +50,10 @@ def convert_backbone_config(config: dict) -> dict:
     }
 
 
-def build_model(arguments: dict, pooling: str, normalize: bool) -> keras.Model:
+def build_encoder(arguments: dict) -> tuple[dict, keras.KerasTensor]:
     """Word + learned position + token-type embeddings and their
-    LayerNorm, post-LN `EncoderBlock`s, then sentence pooling."""
+    LayerNorm, post-LN `EncoderBlock`s: (inputs by name, last hidden
+    state)."""
     hidden = arguments["hidden_dim"]
     inputs = {
         name: int_input(name)
@@ -78,18 +78,13 @@ def build_model(arguments: dict, pooling: str, normalize: bool) -> keras.Model:
         ]
     )
     x = embeddings_norm(x)
-    x = apply_blocks(x, inputs["attention_mask"], arguments["blocks"])
-    return sentence_model(
-        inputs,
-        x,
-        pooling=pooling,
-        normalize=normalize,
-        name=arguments["name"],
+    return inputs, apply_blocks(
+        x, inputs["attention_mask"], arguments["blocks"]
     )
 
 
 def convert_weights(model: keras.Model, weights: Weights) -> None:
-    """Every weight of `build_model`'s model, from a `BertModel`'s."""
+    """Every weight of `build_encoder`'s model, from a `BertModel`'s."""
     weights.port(
         model.get_layer("word_embeddings").embeddings,
         "embeddings.word_embeddings.weight",
@@ -137,7 +132,7 @@ CONVERTER = Converter(
     # checkpoints also store the `position_ids` buffer.
     ignored=("pooler.*", "cls.*", "embeddings.position_ids"),
     convert_backbone_config=convert_backbone_config,
-    build_model=build_model,
+    build_encoder=build_encoder,
     convert_weights=convert_weights,
 )
 

@@ -11,7 +11,6 @@ from keras_encoder.convert._common import dimensions
 from keras_encoder.convert._common import encoder_blocks
 from keras_encoder.convert._common import int_input
 from keras_encoder.convert._common import model_name
-from keras_encoder.convert._common import sentence_model
 from keras_encoder.convert.checkpoint import Weights
 from keras_encoder.convert.checkpoint import port_dense
 from keras_encoder.convert.checkpoint import port_norm
@@ -122,9 +121,9 @@ def convert_backbone_config(config: dict) -> dict:
     }
 
 
-def build_model(arguments: dict, pooling: str, normalize: bool) -> keras.Model:
+def build_encoder(arguments: dict) -> tuple[dict, keras.KerasTensor]:
     """Token embeddings and their norm, pre-LN `EncoderBlock`s, the final
-    norm, then sentence pooling."""
+    norm: (inputs by name, last hidden state)."""
 
     def norm(name):
         return keras.layers.LayerNormalization(
@@ -141,18 +140,11 @@ def build_model(arguments: dict, pooling: str, normalize: bool) -> keras.Model:
     )
     x = norm("embeddings_norm")(embeddings(inputs["input_ids"]))
     x = apply_blocks(x, inputs["attention_mask"], arguments["blocks"])
-    x = norm("final_norm")(x)
-    return sentence_model(
-        inputs,
-        x,
-        pooling=pooling,
-        normalize=normalize,
-        name=arguments["name"],
-    )
+    return inputs, norm("final_norm")(x)
 
 
 def convert_weights(model: keras.Model, weights: Weights) -> None:
-    """Every weight of `build_model`'s model, from a `ModernBertModel`'s."""
+    """Every weight of `build_encoder`'s model, from a `ModernBertModel`'s."""
     weights.port(
         model.get_layer("token_embeddings").embeddings,
         "embeddings.tok_embeddings.weight",
@@ -189,7 +181,7 @@ CONVERTER = Converter(
     # ModernBertForMaskedLM's head, beside the encoder.
     ignored=("head.*", "decoder.*"),
     convert_backbone_config=convert_backbone_config,
-    build_model=build_model,
+    build_encoder=build_encoder,
     convert_weights=convert_weights,
 )
 

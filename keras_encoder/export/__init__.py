@@ -3,9 +3,10 @@
 One module per format, each with its `to_<format>` function:
 `saved_model` (`to_saved_model`), `tflite` (`to_tflite`, builtin ops only,
 with float16, dynamic-range and int8 quantization; `describe_tflite` and
-the op listing) and `onnx` (`to_onnx` through tf2onnx). `verify` runs an
-artifact and the Keras model on the same inputs (e.g. `sample_inputs`) and
-reports their agreement at real (unmasked) positions.
+the op listing) and `onnx` (`to_onnx` through tf2onnx). `run_artifact`
+runs any of them on CPU; `verify` runs an artifact and the Keras model on
+the same inputs (e.g. `sample_inputs`) and reports their agreement at real
+(unmasked) positions.
 
 Shared by all formats: destinations are checked before any work
 (`check_destination`): an existing artifact of the same kind, an empty
@@ -33,6 +34,7 @@ from keras_encoder.export._signature import model_inputs
 from keras_encoder.export._signature import vocabularies
 from keras_encoder.export._staging import Staging
 from keras_encoder.export._verification import Verification
+from keras_encoder.export._verification import run_artifact
 from keras_encoder.export._verification import sample_inputs
 from keras_encoder.export._verification import verify
 from keras_encoder.export.onnx import ONNX_OPSET
@@ -46,7 +48,7 @@ from keras_encoder.export.tflite import FlexOpsError
 from keras_encoder.export.tflite import describe_tflite
 from keras_encoder.export.tflite import flex_hint
 from keras_encoder.export.tflite import is_builtin_only
-from keras_encoder.export.tflite import litert_interpreter
+from keras_encoder.export.tflite import litert_runner
 from keras_encoder.export.tflite import tflite_bytes
 from keras_encoder.export.tflite import tflite_ops
 from keras_encoder.export.tflite import to_tflite
@@ -65,11 +67,12 @@ __all__ = [
     "flex_hint",
     "input_names",
     "is_builtin_only",
-    "litert_interpreter",
+    "litert_runner",
     "max_length",
     "model_inputs",
     "onnx_bytes",
     "onnx_ops",
+    "run_artifact",
     "sample_inputs",
     "tflite_bytes",
     "tflite_ops",

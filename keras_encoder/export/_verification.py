@@ -21,7 +21,7 @@ from keras_encoder.export._signature import named_inputs
 from keras_encoder.export._signature import vocabularies
 from keras_encoder.export.onnx import onnx_ops
 from keras_encoder.export.tflite import is_builtin_only
-from keras_encoder.export.tflite import litert_interpreter
+from keras_encoder.export.tflite import litert_runner
 from keras_encoder.export.tflite import tflite_ops
 
 
@@ -83,7 +83,7 @@ def _run_saved_model(path, named):
 
     serving = tf.saved_model.load(path).signatures["serving_default"]
     results = serving(**{k: tf.constant(v) for k, v in named.items()})
-    return {k: v.numpy() for k, v in results.items()}, None
+    return {k: v.numpy() for k, v in results.items()}
 
 
 def _run_onnx(path, named):
@@ -94,24 +94,34 @@ def _run_onnx(path, named):
     )
     names = [o.name for o in session.get_outputs()]
     results = session.run(None, {k: np.asarray(v) for k, v in named.items()})
-    return dict(zip(names, results, strict=True)), onnx_ops(path)
+    return dict(zip(names, results, strict=True))
 
 
-def _run_tflite(path, named):
-    results = litert_interpreter(path).get_signature_runner()(**named)
-    with open(path, "rb") as f:
-        ops = tflite_ops(f.read())
-    return results, ops
+def run_artifact(path: str | os.PathLike, inputs: dict) -> dict:
+    """Run an exported artifact on CPU: its outputs by name, as arrays.
 
-
-def _run_artifact(path, named):
-    """The artifact's outputs by name, and its op counts (None for a
-    SavedModel)."""
+    Args:
+        path: a SavedModel directory (run with `tf.saved_model.load`), a
+            `.tflite` file (LiteRT, `litert_runner`) or an `.onnx` file
+            (onnxruntime).
+        inputs: {input name: array}.
+    """
+    path = os.fspath(path)
     if os.path.isdir(path):
-        return _run_saved_model(path, named)
+        return _run_saved_model(path, inputs)
     if is_artifact(path, "tflite"):
-        return _run_tflite(path, named)
-    return _run_onnx(path, named)
+        return litert_runner(path)(**inputs)
+    return _run_onnx(path, inputs)
+
+
+def _ops(path):
+    """The op counts of a TFLite or ONNX artifact; None for a SavedModel."""
+    if os.path.isdir(path):
+        return None
+    if is_artifact(path, "tflite"):
+        with open(path, "rb") as f:
+            return tflite_ops(f.read())
+    return onnx_ops(path)
 
 
 def _size(path):
@@ -179,7 +189,8 @@ def verify(
     artifact_path = os.fspath(artifact_path)
     named = named_inputs(model, inputs)
     expected = _keras_outputs(model, named)
-    got, ops = _run_artifact(artifact_path, named)
+    got = run_artifact(artifact_path, named)
+    ops = _ops(artifact_path)
     missing = set(expected) - set(got)
     if missing:
         raise ValueError(

@@ -13,7 +13,7 @@ likely fix. Quantization modes:
   as the model declares them (int32 ids, float outputs).
 
 `tflite_ops`, `is_builtin_only` and `describe_tflite` read a flatbuffer;
-`litert_interpreter` runs one.
+`litert_runner` runs one.
 """
 
 import collections
@@ -239,9 +239,16 @@ def is_builtin_only(ops) -> bool:
     return set(ops) <= set(_builtin_operators().values())
 
 
-def litert_interpreter(path: str | os.PathLike):
-    """A LiteRT `Interpreter` of the `.tflite` file at `path` (not yet
-    allocated); run it through `get_signature_runner()`.
+def litert_runner(path: str | os.PathLike, num_threads: int | None = None):
+    """The LiteRT signature runner of the `.tflite` file at `path`: call it
+    with the inputs by name (`runner(input_ids=ids)`) for a dict of the
+    outputs by name; `get_input_details()` and `get_output_details()`
+    describe them.
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: CPU threads of the interpreter. Defaults to LiteRT's
+            choice.
 
     Raises:
         ImportError: the LiteRT runtime (`ai-edge-litert`) is missing.
@@ -253,7 +260,10 @@ def litert_interpreter(path: str | os.PathLike):
             "Running TFLite models needs the LiteRT runtime: "
             "pip install ai-edge-litert"
         ) from error
-    return Interpreter(model_path=path)
+    interpreter = Interpreter(
+        model_path=os.fspath(path), num_threads=num_threads
+    )
+    return interpreter.get_signature_runner()
 
 
 def describe_tflite(path: str | os.PathLike) -> dict:
@@ -274,7 +284,7 @@ def describe_tflite(path: str | os.PathLike) -> dict:
     }
     if not described["builtin_only"]:
         return described  # The plain runtime cannot even load it.
-    signature = litert_interpreter(path).get_signature_runner()
+    signature = litert_runner(path)
     for key, details in (
         ("inputs", signature.get_input_details()),
         ("outputs", signature.get_output_details()),
