@@ -42,6 +42,14 @@ def padded_ids(
 
     Returns:
         An int32 array of shape (batch, length).
+
+    Example:
+
+    >>> ids = padded_ids(3, 6, vocab=50, seed=0, full_rows=[0], empty_rows=[2])
+    >>> ids.shape, ids.dtype.name
+    ((3, 6), 'int32')
+    >>> (ids != 0).sum(axis=1).tolist()[::2]  # the full and the empty row
+    [6, 0]
     """
     rng = np.random.default_rng(seed) if rng is None else rng
     ids = rng.integers(1, vocab, size=(batch, length))

@@ -15,6 +15,7 @@ MODULES = [
     "keras_encoder.positional_encoding",
     "keras_encoder.alibi_bias",
     "keras_encoder.distribution",
+    "keras_encoder.testing",
 ]
 
 

@@ -224,7 +224,9 @@ CROSS_BACKEND = textwrap.dedent("""
     import keras
     import numpy as np
     import keras_encoder
-    model = keras.saving.load_model(sys.argv[2])
+    # compile=False: a JAX-saved model's jit_compile=True would make torch
+    # compile it (about a minute) for this one predict.
+    model = keras.saving.load_model(sys.argv[2], compile=False)
     x = np.load(sys.argv[3])
     y = model.predict(x, verbose=0)
     np.save(sys.argv[4], keras.ops.convert_to_numpy(y))
