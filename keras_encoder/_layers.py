@@ -1,6 +1,7 @@
 """What the public layers share: sublayer factories, LoRA, and the call of
 the self-attention layers."""
 
+import inspect
 import re
 
 import keras
@@ -219,21 +220,21 @@ class SelfAttentionLayer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def compute_output_spec(
-        self,
-        inputs,
-        mask=None,
-        attention_mask=None,
-        use_causal_mask=False,
-        attention_bias=None,
-        return_attention_scores=False,
-        training=None,
-    ):
+    def compute_output_spec(self, *args, **kwargs):
+        # The arguments of `call`, by name, read from its own signature.
+        call = inspect.signature(self.call).bind(*args, **kwargs)
+        call.apply_defaults()
+        arguments = call.arguments
+        inputs = arguments["inputs"]
         _masking.check_call(
-            inputs, self.num_heads, mask, attention_mask, attention_bias
+            inputs,
+            self.num_heads,
+            arguments["mask"],
+            arguments["attention_mask"],
+            arguments["attention_bias"],
         )
         outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
-        if not return_attention_scores:
+        if not arguments["return_attention_scores"]:
             return outputs
         batch, length = inputs.shape[0], inputs.shape[1]
         scores = keras.KerasTensor(

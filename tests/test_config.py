@@ -133,6 +133,9 @@ def test_non_default_config_round_trips(cls):
 # (layer, argument, bad value, what the message says is expected): the
 # layer's required arguments with that one argument set to that value.
 ACTIVATION = "a Keras activation name such as .relu. or .gelu., or a callable"
+WAVELENGTH = "None or a finite float > 1"
+FEEDFORWARD = r"one of \('mlp', 'geglu', 'swiglu'\)"
+NORMALIZATION = r"one of \('layer_norm', 'rms_norm'\)"
 BAD_ARGUMENTS = [
     (MultiHeadSelfAttention, "num_heads", 0, r"a positive integer"),
     (MultiHeadSelfAttention, "num_heads", 2.5, r"a positive integer"),
@@ -143,28 +146,13 @@ BAD_ARGUMENTS = [
     (EncoderBlock, "intermediate_dim", 0, r"a positive integer"),
     (EncoderBlock, "activation", "nope", ACTIVATION),
     (EncoderBlock, "activation", 3, ACTIVATION),
-    (
-        MultiHeadSelfAttention,
-        "rotary_max_wavelength",
-        1.0,
-        r"None or a finite float > 1",
-    ),
-    (EncoderBlock, "rotary_max_wavelength", "x", r"None or a finite float > 1"),
+    (MultiHeadSelfAttention, "rotary_max_wavelength", 1.0, WAVELENGTH),
+    (EncoderBlock, "rotary_max_wavelength", "x", WAVELENGTH),
     (MultiHeadSelfAttention, "rotary_fraction", 0.0, r"a float in \(0, 1\]"),
     (EncoderBlock, "rotary_fraction", 1.5, r"a float in \(0, 1\]"),
     (MultiHeadSelfAttention, "sliding_window", 0, r"a positive integer"),
-    (
-        EncoderBlock,
-        "feedforward",
-        "glu",
-        r"one of \('mlp', 'geglu', 'swiglu'\)",
-    ),
-    (
-        EncoderBlock,
-        "normalization",
-        "batch",
-        r"one of \('layer_norm', 'rms_norm'\)",
-    ),
+    (EncoderBlock, "feedforward", "glu", FEEDFORWARD),
+    (EncoderBlock, "normalization", "batch", NORMALIZATION),
     (EncoderBlock, "norm_bias", 1, r"None, True or False"),
     (AlibiBias, "num_heads", 0, r"a positive integer"),
     (AlibiBias, "alibi_bias_max", -1, r"a positive float"),
