@@ -105,6 +105,10 @@ def _relative_path(layer, sub):
 LORA_WEIGHTS = ("lora_kernel_a", "lora_kernel_b")
 
 
+# The initializer arguments of both attention layers.
+_INITIALIZERS = ("kernel_initializer", "bias_initializer")
+
+
 class SelfAttentionLayer(keras.layers.Layer):
     """What a layer built around self-attention on flattened rows
     (`MultiHeadSelfAttention`, `EncoderBlock`) shares: the call and its
@@ -127,7 +131,7 @@ class SelfAttentionLayer(keras.layers.Layer):
         (already stored) rate of attention dropout, which
         `flash_attention=True` refuses."""
         self.use_bias = bool(arguments["use_bias"])
-        for name in ("kernel_initializer", "bias_initializer"):
+        for name in _INITIALIZERS:
             setattr(self, name, keras.initializers.get(arguments[name]))
         for name, value in _checks.attention_options(arguments).items():
             setattr(self, name, value)
@@ -199,12 +203,10 @@ class SelfAttentionLayer(keras.layers.Layer):
             {
                 "num_heads": self.num_heads,
                 "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
+                **{
+                    name: keras.initializers.serialize(getattr(self, name))
+                    for name in _INITIALIZERS
+                },
                 **_checks.attention_config(self),
                 "lora_rank": self.lora_rank,
                 "lora_alpha": self.lora_alpha,

@@ -228,3 +228,14 @@ def checkpoint_copy(checkpoint, tmp_path, weights=None, config=None):
         changed = config(json.loads((target / "config.json").read_text()))
         (target / "config.json").write_text(json.dumps(changed))
     return target
+
+
+def check_dynamic_builtin_tflite(path, input_names):
+    """The `.tflite` at `path` has builtin ops only and takes `input_names`
+    with dynamic batch and sequence axes."""
+    from keras_encoder import export
+
+    described = export.describe_tflite(path)
+    assert described["builtin_only"], described["ops"]
+    shapes = {t["name"]: t["shape"] for t in described["inputs"]}
+    assert shapes == {name: [-1, -1] for name in input_names}, shapes
