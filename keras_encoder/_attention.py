@@ -33,12 +33,13 @@ from keras import ops
 # would stretch the range until every real score quantizes to one level
 # (uniform attention).
 FILL_MARGIN = 128.0
-# The most negative finite value of each float dtype.
-LOWEST = {
-    "float16": float(np.finfo("float16").min),
-    "bfloat16": -3.3895313892515355e38,
-    "float32": float(np.finfo("float32").min),
-    "float64": float(np.finfo("float64").min),
+# The largest finite value of each float dtype: biases and scores saturate
+# at +-HIGHEST (an overflow to +-inf would make NaN of a softmax row).
+HIGHEST = {
+    "float16": float(np.finfo("float16").max),
+    "bfloat16": 3.3895313892515355e38,
+    "float32": float(np.finfo("float32").max),
+    "float64": float(np.finfo("float64").max),
 }
 
 
@@ -74,7 +75,7 @@ def masked_softmax(scores, mask=None, rows=None, fill_margin=FILL_MARGIN):
         # Saturated at float32's lowest: below about -1.7e38 the sum would
         # overflow to -inf, and a row of -inf gives NaN gradients.
         fill = ops.maximum(
-            low + ops.minimum(low, 0.0) - fill_margin, LOWEST["float32"]
+            low + ops.minimum(low, 0.0) - fill_margin, -HIGHEST["float32"]
         )
         probs = ops.softmax(ops.where(mask, scores, fill), axis=-1)
     if mask is None:
@@ -115,11 +116,10 @@ def materialized(
         "bqhd,bkhd->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32")
     )  # (B, H, S, S)
     if mask.bias is not None:
-        # Saturated, not -inf: a bias beyond the range (or cast to float16
-        # by Keras's autocast under mixed precision, where -1e5 is -inf)
-        # must not make a row of -inf, whose softmax is NaN.
-        scores = ops.maximum(
-            scores + ops.cast(mask.bias, "float32"), LOWEST["float32"]
+        scores = ops.clip(
+            scores + _bias_where_allowed(mask, "float32"),
+            -HIGHEST["float32"],
+            HIGHEST["float32"],
         )
     if mask.padding is not None and mask.pairwise is None and not mask.causal:
         # Padding only: keys and query rows apart, no (B, 1, S, S) mask.
@@ -151,7 +151,8 @@ def fused(query, key, value, mask, *, scale):
     An `attention_bias` goes to the kernel as its `bias`, with the masks
     merged into it as -inf (torch's kernel takes a bias or a mask, not
     both); every row keeps at least one finite entry, so -inf only ever
-    gives exactly zero weight.
+    gives exactly zero weight. Rows with nothing to attend to get a zero
+    bias, whatever the caller's bias holds there.
 
     Args and returns as `materialized`, without probabilities: the
     (B, S, H, Dv) context.
@@ -162,13 +163,19 @@ def fused(query, key, value, mask, *, scale):
     is_causal = False
     if mask.bias is not None:
         dtype = backend.standardize_dtype(query.dtype)
-        # Saturated at the dtype's lowest: a -inf from an overflowing bias
-        # would make a row of -inf (NaN); -inf only where masked.
-        kernel_bias = ops.maximum(ops.cast(mask.bias, dtype), LOWEST[dtype])
+        # Saturated at the dtype's range: an infinite bias (a float16
+        # overflow of Keras's autocast) would make NaN of its row.
+        kernel_bias = ops.clip(
+            ops.cast(mask.bias, dtype), -HIGHEST[dtype], HIGHEST[dtype]
+        )
         dense = mask.dense()
         if dense is not None:
-            allowed, keep = _open_empty_rows(dense)
-            kernel_bias = ops.where(allowed, kernel_bias, float("-inf"))
+            # Masked keys -inf (zero weight); rows that attend nothing
+            # opened to every key with a zero bias (set to 0 afterwards).
+            attends = ops.any(dense, axis=-1, keepdims=True)  # (B, H, S, 1)
+            fill = ops.cast(ops.where(attends, float("-inf"), 0.0), dtype)
+            kernel_bias = ops.where(dense, kernel_bias, fill)
+            keep = ops.transpose(attends, (0, 2, 1, 3))
     elif mask.pairwise is None and not (
         mask.causal and mask.padding is not None
     ):
@@ -186,6 +193,16 @@ def fused(query, key, value, mask, *, scale):
             keep = ops.expand_dims(ops.expand_dims(pad, 2), 3)
     else:
         kernel_mask, keep = _open_empty_rows(mask.dense())
+    dtype = backend.standardize_dtype(query.dtype)
+    if dtype == "float16" and _jax_on_cpu():
+        # jit(grad(jax.nn.dot_product_attention)) in float16 fails on CPU:
+        # "The precision 'F16_F16_F32' is not supported by dot_general on
+        # CPU" (JAX 0.10.2). CPU has no flash kernel to lose: float32.
+        query, key, value = (
+            ops.cast(t, "float32") for t in (query, key, value)
+        )
+        if kernel_bias is not None:
+            kernel_bias = ops.cast(kernel_bias, "float32")
     context = ops.dot_product_attention(
         query,
         key,
@@ -195,9 +212,27 @@ def fused(query, key, value, mask, *, scale):
         scale=scale,
         is_causal=is_causal,
     )
+    context = ops.cast(context, dtype)
     if keep is not None:
         context = ops.where(keep, context, ops.zeros_like(context))
     return context
+
+
+def _bias_where_allowed(mask, dtype):
+    """The `attention_bias` of `mask` in `dtype`, 0 wherever the masks
+    forbid attention: a NaN or infinite bias at a masked key or a padded
+    query then reaches neither the outputs nor the gradients."""
+    bias = ops.cast(mask.bias, dtype)
+    dense = mask.dense()
+    return bias if dense is None else ops.where(dense, bias, 0.0)
+
+
+def _jax_on_cpu():
+    if backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
 
 
 def _open_empty_rows(dense):
@@ -210,7 +245,10 @@ def _open_empty_rows(dense):
 
 
 def fused_unsupported_reason(
-    key_dim, value_dim, return_attention_scores=False, dropout_active=False
+    key_dim,
+    value_dim,
+    return_attention_scores=False,
+    dropout_active=False,
 ):
     """Why the fused path cannot run here, or None when it can."""
     if backend.backend() == "tensorflow":

@@ -14,6 +14,7 @@ import pytest
 
 from keras_encoder import EncoderBlock
 from keras_encoder import MultiHeadSelfAttention
+from keras_encoder import SentencePooling
 from keras_encoder import _attention
 from keras_encoder import _masking
 from tests import numpy_reference as ref
@@ -406,3 +407,36 @@ def test_disable_flash_attention_is_honoured(
     np.testing.assert_allclose(materialized_out, fused_out, atol=1e-5)
     forced(x, mask=mask)
     assert len(calls) == 2  # an explicit True is kept, as in Keras
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="a JAX-on-CPU limit"
+)
+@pytest.mark.parametrize("flash_attention", [None, True])
+def test_fused_path_trains_in_float16_under_jit_on_jax(flash_attention):
+    """`jit(grad(dot_product_attention))` in float16 fails on JAX's CPU
+    ("precision 'F16_F16_F32' is not supported by dot_general"); the fused
+    path computes in float32 there, so `fit` runs under mixed_float16 and
+    agrees with the materialised path."""
+    keras.config.set_dtype_policy("mixed_float16")
+    tokens = np.random.default_rng(0).integers(1, 50, (4, 6))
+    tokens[:, 4:] = 0
+
+    def model(flash):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((None,), dtype="int32")
+        h = keras.layers.Embedding(50, 8, mask_zero=True)(inputs)
+        h = EncoderBlock(2, 16, flash_attention=flash)(h)
+        outputs = keras.layers.Dense(1)(SentencePooling()(h))
+        model = keras.Model(inputs, outputs)
+        model.compile("sgd", "mse", jit_compile=True)
+        return model
+
+    fused, explicit = model(flash_attention), model(False)
+    for m in (fused, explicit):
+        m.fit(tokens, np.ones((4, 1)), epochs=1, batch_size=4, verbose=0)
+    np.testing.assert_allclose(
+        fused.predict(tokens, verbose=0),
+        explicit.predict(tokens, verbose=0),
+        atol=2e-2,
+    )

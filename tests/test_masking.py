@@ -395,6 +395,78 @@ def test_any_padded_content_in_any_precision(pad, policy, flash_attention):
     )
 
 
+def _skip_one_path_backend(flash_attention):
+    if flash_attention is None and keras.backend.backend() == "tensorflow":
+        pytest.skip("TensorFlow has the materialised path only")
+
+
+@pytest.mark.parametrize("flash_attention", [None, False])
+@pytest.mark.parametrize(
+    "policy", ["float32", "mixed_float16", "mixed_bfloat16"]
+)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_bias_where_masked_reaches_nothing(
+    value, causal, policy, flash_attention
+):
+    """NaN or +-inf in `attention_bias` at masked keys and padded queries
+    changes no real output and no gradient (the loss reads real positions
+    only): the masks override the bias, on both paths."""
+    _skip_one_path_backend(flash_attention)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 8)).astype("float32")
+    mask = padding_mask([5, 3], 5)
+    allowed = mask[:, None, :, None] & mask[:, None, None, :]
+    if causal:
+        allowed = allowed & np.tril(np.ones((5, 5), bool))
+    bias = rng.normal(size=(2, 2, 5, 5)).astype("float32")
+    hostile = np.where(allowed, bias, np.float32(value))
+    block = EncoderBlock(2, 16, flash_attention=flash_attention, dtype=policy)
+    kwargs = {"mask": mask, "use_causal_mask": causal, "loss_mask": mask}
+    out, grads = value_and_gradients(block, x, attention_bias=bias, **kwargs)
+    out_h, grads_h = value_and_gradients(
+        block, x, attention_bias=hostile, **kwargs
+    )
+    assert all_finite(*grads_h)
+    out, out_h = (
+        to_numpy(keras.ops.cast(o, "float32"))[mask] for o in (out, out_h)
+    )
+    assert np.isfinite(out_h).all()
+    np.testing.assert_array_equal(out_h, out)
+    for g, g_h in zip(grads, grads_h, strict=True):
+        np.testing.assert_array_equal(
+            to_numpy(keras.ops.cast(g_h, "float32")),
+            to_numpy(keras.ops.cast(g, "float32")),
+        )
+
+
+@pytest.mark.parametrize("flash_attention", [None, False])
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_bias_beyond_the_half_range_saturates(sign, policy, flash_attention):
+    """A bias of +-1e5 (+-inf once Keras casts it to float16) gives what it
+    gives in float32, within half-precision rounding, with finite
+    gradients: the saturation works on both sides."""
+    _skip_one_path_backend(flash_attention)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 5, 8)).astype("float32")
+    mask = padding_mask([5, 3], 5)
+    bias = np.zeros((1, 2, 5, 5), "float32")
+    bias[..., 1] = sign * 1e5  # Key 1 is real in every sequence.
+    full = EncoderBlock(2, 16, flash_attention=flash_attention)
+    half = EncoderBlock(2, 16, flash_attention=flash_attention, dtype=policy)
+    expected = to_numpy(full(x, mask=mask, attention_bias=bias))[mask]
+    half(x, mask=mask)
+    half.set_weights(full.get_weights())
+    out, grads = value_and_gradients(
+        half, x, loss_mask=mask, mask=mask, attention_bias=bias
+    )
+    assert all_finite(*grads)
+    out = to_numpy(keras.ops.cast(out, "float32"))[mask]
+    atol = {"mixed_float16": 2e-2, "mixed_bfloat16": 1e-1}[policy]
+    np.testing.assert_allclose(out, expected, atol=atol)
+
+
 @pytest.mark.parametrize("magnitude", [1e10, 1e20, 1e30, 1e38])
 def test_masked_softmax_at_any_real_score_magnitude(magnitude):
     """Masked keys get exactly zero weight and each real row sums to 1,
