@@ -7,11 +7,19 @@ under `keras.distribution.ModelParallel` with `layout_map` on a (2 batch,
 4 model) mesh, and writes JSON to the path given: for every weight, the
 largest difference between the two runs, how far training moved it, its
 expected and actual sharding, and its shard shape.
+
+Then, under "indivisible", four models whose mapped weights the model axis
+does not always divide, each built on a (1, 3) or (1, 4) mesh: whether it
+built, the weights `layout_map` left replicated and its warnings, every
+weight's sharding, and the largest difference of its outputs from one
+device's with the same weights.
 """
 
 import json
 import sys
+import warnings
 
+import jax
 import keras
 import numpy as np
 
@@ -22,6 +30,13 @@ from keras_encoder import distribution
 from keras_encoder.testing import padded_ids
 
 VOCAB, WIDTH, HEADS, FFN = 40, 32, 4, 64
+
+
+def _spec(variable):
+    return [
+        a if a is None or isinstance(a, str) else list(a)
+        for a in variable.value.sharding.spec
+    ]
 
 
 def build():
@@ -74,13 +89,79 @@ for variable, want, start in zip(
         "max_abs_diff": float(np.abs(value - want).max()),
         "moved": float(np.abs(want - start).max()),
         "expected": None if layout is None else list(layout.axes),
-        "spec": [
-            a if a is None or isinstance(a, str) else list(a)
-            for a in variable.value.sharding.spec
-        ],
+        "spec": _spec(variable),
         "shards": len(variable.value.addressable_shards),
         "shard_shape": list(variable.value.addressable_shards[0].data.shape),
         "shape": list(variable.shape),
     }
+
+
+def _block_model(heads, ffn, head=None):
+    inputs = keras.Input((None, 16))
+    x = EncoderBlock(heads, ffn, name="block")(inputs)
+    return keras.Model(inputs, x if head is None else head(x))
+
+
+def _keras_attention_model():
+    inputs = keras.Input((None, 16))
+    attention = keras.layers.MultiHeadAttention(3, 8, name="mha")
+    return keras.Model(inputs, attention(inputs, inputs))
+
+
+# name: (devices on the model axis, model builder); widths of 16.
+INDIVISIBLE = {
+    # Attention (16 columns) cannot split in 3, the feed-forward (48) can.
+    "width_16_on_3": (3, lambda: _block_model(2, 48)),
+    "intermediate_30_on_4": (4, lambda: _block_model(4, 30)),
+    # A foreign layer named like a sublayer: (16, 1) kernel.
+    "foreign_value_head_on_4": (
+        4,
+        lambda: _block_model(4, 32, keras.layers.Dense(1, name="value")),
+    ),
+    # Keras's own attention: query kernel (16, 3 heads, 8).
+    "keras_mha_3_heads_on_4": (4, _keras_attention_model),
+}
+report["indivisible"] = {}
+inputs = rng.normal(size=(2, 5, 16)).astype("float32")
+for name, (size, build_case) in INDIVISIBLE.items():
+    keras.utils.set_random_seed(0)
+    one_device = build_case()
+    # Jitted: one compile per model, not one per eager op.
+    want = np.asarray(jax.jit(one_device)(inputs))
+    mesh = keras.distribution.DeviceMesh(
+        (1, size), ["batch", "model"], devices[:size]
+    )
+    layouts = distribution.layout_map(mesh)
+    parallel = keras.distribution.ModelParallel(
+        layout_map=layouts, batch_dim_name="batch"
+    )
+    case = report["indivisible"][name] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with parallel.scope():
+                model = build_case()
+                model.set_weights(one_device.get_weights())
+                got = np.asarray(jax.jit(model)(inputs))
+        except Exception as error:
+            # Reported; the test asserts there was none.
+            case["error"] = f"{type(error).__name__}: {error}"[:2000]
+            continue
+    case["warnings"] = [
+        str(w.message) for w in caught if "layout_map" in str(w.message)
+    ]
+    case["replicated"] = layouts.replicated
+    case["weights"] = {
+        v.path: {
+            "mapped": None
+            if layouts[v.path] is None
+            else list(layouts[v.path].axes),
+            "spec": _spec(v),
+            "shape": list(v.shape),
+        }
+        for v in model.weights
+    }
+    case["max_abs_diff"] = float(np.abs(got - want).max())
+
 with open(sys.argv[1], "w") as f:
     json.dump(report, f)

@@ -1,18 +1,22 @@
 """Model parallelism: `keras_encoder.distribution.layout_map` shards the
-attention and feed-forward kernels Megatron-style, and training under
+attention and feed-forward kernels Megatron-style, training under
 `keras.distribution.ModelParallel` on 8 virtual CPU devices (JAX) gives
-the weights one device gives."""
+the weights one device gives, and weights the model axis does not divide
+are left replicated, with a warning, instead of failing the build."""
 
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import types
 
 import keras
 import pytest
 
 from keras_encoder import distribution
+from keras_encoder.distribution import _unshardable
 
 # The slow test runs its own JAX process; the others need keras.distribution
 # in this one, which the torch backend lacks.
@@ -69,9 +73,45 @@ def test_layout_map_checks_the_model_axis():
         distribution.layout_map(_mesh(), model_axis="tensor")
 
 
-@pytest.mark.slow
-def test_model_parallel_training_equals_one_device(tmp_path):
-    out = tmp_path / "report.json"
+MESH_2_BY_3 = types.SimpleNamespace(axis_names=("batch", "model"), shape=(2, 3))
+
+
+@pytest.mark.parametrize(
+    "axes, shape, reason",
+    [
+        ((None, "model"), (16, 48), None),
+        (("model",), (3, 8), None),  # a rank-2 bias, split on its heads
+        ((None, ("batch", "model")), (16, 30), None),
+        (
+            (None, "model"),
+            (16, 16),
+            r"splits dimension 1 \(size 16\) over mesh axis 'model' of size 3,",
+        ),
+        (
+            (None, ("batch", "model")),
+            (16, 27),
+            r"dimension 1 \(size 27\) over mesh axes \('batch', 'model'\) "
+            "of size 6,",
+        ),
+        (
+            ("model", None),
+            (16,),
+            r"layout \('model', None\) has 2 axes, but the weight has rank 1",
+        ),
+    ],
+)
+def test_unshardable_names_the_dimension_and_mesh_axis(axes, shape, reason):
+    got = _unshardable(axes, shape, MESH_2_BY_3)
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and re.search(reason, got), got
+
+
+@pytest.fixture(scope="module")
+def model_parallel_report(tmp_path_factory):
+    """tests/model_parallel_job.py, run once on 8 virtual CPU devices."""
+    out = tmp_path_factory.mktemp("model_parallel") / "report.json"
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
@@ -87,7 +127,12 @@ def test_model_parallel_training_equals_one_device(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_model_parallel_training_equals_one_device(model_parallel_report):
+    report = model_parallel_report
     assert report["devices"] == 8
     weights = report["weights"]
     sharded = 0
@@ -112,3 +157,70 @@ def test_model_parallel_training_equals_one_device(tmp_path):
     # that moved them visibly.
     assert max(w["max_abs_diff"] for w in weights.values()) <= 1e-5
     assert max(w["moved"] for w in weights.values()) > 1e-3
+
+
+ATTENTION = [
+    f"block/self_attention/{name}/{weight}"
+    for name in ("query", "key", "value")
+    for weight in ("kernel", "bias")
+] + ["block/self_attention/attention_output/kernel"]
+FEEDFORWARD = [
+    "block/feedforward_intermediate_dense/kernel",
+    "block/feedforward_intermediate_dense/bias",
+    "block/feedforward_output_dense/kernel",
+]
+# Per case of the job: the weights left replicated (all others that the
+# map names keep their layout).
+REPLICATED = {
+    "width_16_on_3": ATTENTION,
+    "intermediate_30_on_4": FEEDFORWARD,
+    "foreign_value_head_on_4": ["value/kernel", "value/bias"],
+    "keras_mha_3_heads_on_4": [
+        path.replace("block/self_attention", "mha") for path in ATTENTION
+    ],
+}
+# How many weights keep their mapped sharding: whatever the map could
+# split it did (the block's other half, the block under the foreign head).
+SHARDED = {
+    "width_16_on_3": len(FEEDFORWARD),
+    "intermediate_30_on_4": len(ATTENTION),
+    "foreign_value_head_on_4": len(ATTENTION) + len(FEEDFORWARD),
+    "keras_mha_3_heads_on_4": 0,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(REPLICATED))
+def test_layout_map_replicates_weights_the_mesh_does_not_divide(
+    model_parallel_report, case
+):
+    """Width 16 on 3 devices, a feed-forward of 30 on 4, a foreign
+    `Dense(1, name="value")` head and a Keras `MultiHeadAttention` of 3
+    heads on 4: each built under `ModelParallel` (JAX raised
+    IndivisibleError before), with the maths of one device."""
+    report = model_parallel_report["indivisible"][case]
+    assert "error" not in report, report.get("error")
+    assert sorted(report["replicated"]) == sorted(REPLICATED[case])
+    assert report["warnings"] == list(report["replicated"].values())
+    sharded = 0
+    for path, w in report["weights"].items():
+        if path in report["replicated"] or w["mapped"] is None:
+            assert all(a is None for a in w["spec"]), path
+        else:
+            assert w["spec"] == w["mapped"], path
+            sharded += 1
+    assert sharded == SHARDED[case]
+    assert report["max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_layout_map_warning_names_weight_shape_and_mesh_axis(
+    model_parallel_report,
+):
+    report = model_parallel_report["indivisible"]["foreign_value_head_on_4"]
+    assert report["replicated"]["value/kernel"] == (
+        "layout_map leaves weight 'value/kernel' of shape (16, 1) "
+        "replicated: its layout (None, 'model') splits dimension 1 (size 1) "
+        "over mesh axis 'model' of size 4, which does not divide it. The "
+        "maths is unchanged; only this weight's memory is not split."
+    )
