@@ -12,6 +12,9 @@ prints one line to stderr and exits with status 2, before anything is
 written. All artifacts are written to temporary names, checked, and only
 then renamed into place, so any failure (or Ctrl-C, exit status 130)
 leaves the destinations as they were and no temporary file behind.
+`inspect` refuses a file that is not a TFLite flatbuffer the same way.
+When stdout is a pipe whose reader has gone (`... | head -1`), the command
+stops quietly with status 141, as a tool killed by SIGPIPE would.
 """
 
 import argparse
@@ -22,7 +25,6 @@ import os
 import pathlib
 import signal
 import sys
-import tempfile
 import zipfile
 
 import keras
@@ -32,7 +34,11 @@ from keras_encoder import _startup
 from keras_encoder import export
 
 USAGE_ERROR = 2
-INTERRUPTED = 130
+INTERRUPTED = _startup.INTERRUPTED
+# 128 + SIGPIPE: what a shell reports for a tool killed by a closed pipe.
+BROKEN_PIPE = 141
+# Bytes 4 to 7 of a TFLite model: its flatbuffer file identifier.
+TFLITE_IDENTIFIER = b"TFL3"
 
 
 class UsageError(Exception):
@@ -189,26 +195,15 @@ def _lengths(model, requested):
 def _held_stderr():
     """Hold what is printed to stderr (file descriptor 2, so TensorFlow's
     C++ converter diagnostics too) and pass it on only on success: a
-    failure is reported in one line of our own."""
-    sys.stderr.flush()
+    failure is reported in one line of our own. A native crash meanwhile
+    still shows it (see `_startup.Hold`)."""
+    held = _startup.hold()
+    succeeded = False
     try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to hold
         yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        succeeded = False
-        try:
-            yield
-            succeeded = True
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if succeeded:
-                held.seek(0)
-                os.write(2, held.read())
+        succeeded = True
+    finally:
+        _decide(held, pass_on=succeeded)
 
 
 class _Interrupts:
@@ -345,14 +340,38 @@ def _parity_rows(model, staged, lengths, calibration):
     return rows
 
 
-def _inspect(args):
-    path = args.tflite
+def _check_tflite_file(path):
+    """Refuse what is not a TFLite flatbuffer (an ONNX model, a .keras
+    file) by its file identifier, before parsing it."""
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if head[4:8] == TFLITE_IDENTIFIER:
+        return
+    if not head:
+        why = "the file is empty"
+    elif len(head) < 8:
+        why = f"{len(head)} bytes, too short for one"
+    elif zipfile.is_zipfile(path):
+        why = "a zip archive, e.g. a .keras model"
+    else:
+        why = (
+            f"no {TFLITE_IDENTIFIER.decode()} file identifier at byte 4; "
+            f"the file starts with {head!r}"
+        )
+    raise UsageError(f"{path}: not a TFLite flatbuffer ({why})")
+
+
+def _inspect(args):
+    path = args.tflite
+    _check_tflite_file(path)
     try:
         described = export.describe_tflite(path)
     except Exception as error:
-        raise UsageError(f"{path}: not a TFLite model ({error})") from None
+        raise UsageError(
+            f"{path}: a damaged TFLite flatbuffer ({_one_line(error)})"
+        ) from None
     builtin = "yes" if described["builtin_only"] else "no"
     print(
         f"{path}: {_human(described['size_bytes'])}, builtin ops only: "
@@ -408,37 +427,74 @@ def _parser():
     return parser
 
 
-def main(argv=None):
-    # What TensorFlow printed while it was imported (see _startup): passed
-    # on unless the command fails with its own one line.
-    import_log = _startup.take()
+def main(argv: list[str] | None = None) -> int:
+    """Run the command with `argv` (default: `sys.argv[1:]`); returns the
+    exit status: 0, 2 for bad input, 130 when interrupted, 141 when stdout
+    is a pipe that was closed. argparse's --help and usage errors raise
+    SystemExit, as argparse does."""
+    import_log = None
     try:
-        args = _parser().parse_args(argv)
-        code = args.run(args)
+        # What TensorFlow printed while it was imported (see _startup):
+        # passed on unless the command fails with its own one line.
+        import_log = _startup.release()
+        try:
+            args = _parser().parse_args(argv)
+            code = args.run(args)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a closed pipe shows here, not at exit
     except UsageError as error:
-        print(f"keras-encoder: error: {error}", file=sys.stderr)
+        _decide(import_log, pass_on=False)
+        _error(f"keras-encoder: error: {error}")
         return USAGE_ERROR
     except KeyboardInterrupt:
         # Cleaned up already; a second Ctrl-C must not turn the exit into
         # a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("keras-encoder: interrupted", file=sys.stderr)
+        _decide(import_log, pass_on=False)
+        _error("keras-encoder: interrupted")
         return INTERRUPTED
+    except BrokenPipeError:
+        _decide(import_log, pass_on=False)
+        _discard_stdout()
+        return BROKEN_PIPE
     except SystemExit as exit:  # argparse: --help, or a usage error
-        if exit.code in (0, None):
-            _pass_on(import_log)
+        _decide(import_log, pass_on=exit.code in (0, None))
         raise
     except BaseException:
-        _pass_on(import_log)
+        _decide(import_log, pass_on=True)
         raise
-    _pass_on(import_log)
+    _decide(import_log, pass_on=True)
     return code
 
 
-def _pass_on(text):
-    if text:
-        sys.stderr.flush()
-        os.write(2, text)
+def _decide(held, pass_on):
+    """Pass on or drop held stderr text (a `_startup.Hold`, or None)."""
+    if held is None:
+        return
+    if pass_on:
+        held.pass_on()
+    else:
+        held.drop()
+
+
+def _error(line):
+    """One line to stderr, if there is a stderr to write to."""
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError):
+            print(line, file=sys.stderr, flush=True)
+
+
+def _discard_stdout():
+    """stdout is a pipe whose reader has gone: point it at /dev/null, so
+    that Python's flush at exit does not fail again (the Python docs'
+    recipe for SIGPIPE)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
 
 
 if __name__ == "__main__":

@@ -144,23 +144,43 @@ def test_console_script_is_installed(tmp_path):
     ]
 
 
-# The command's process (sys.argv[0] is "keras-encoder"): something written
-# to file descriptor 2 while the package is imported stands for TensorFlow's
-# import log; then main runs with the arguments given.
-HELD_IMPORT_LOG = """
-import os, sys
-sys.argv[0] = "keras-encoder"
+# A script (by default the installed command's own) run as its shebang
+# runs it (as __main__, sys.argv[0] its path), with a hook on the first
+# import of `module`: it writes a marker to file descriptor 2 (standing for
+# TensorFlow's C++ log while the package is imported), then does `action`.
+HOOKED_COMMAND = """
+import os, runpy, signal, sys
+script, module, action, *args = sys.argv[1:]
+ACTIONS = {
+    "none": lambda: None,
+    "abort": os.abort,  # a native abort, as TensorFlow's LOG(FATAL) does
+    "exit": lambda: os._exit(3),
+    "kill": lambda: os.kill(os.getpid(), signal.SIGKILL),
+    "interrupt": lambda: os.kill(os.getpid(), signal.SIGINT),  # Ctrl-C
+}
+
+
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            sys.meta_path.remove(self)
+            os.write(2, b"held-marker\\n")
+            ACTIONS[action]()
+        return None
+
+
 sys.stderr.flush()
 os.write(2, b"imported-marker\\n")  # before the package: not held
-import keras_encoder.cli
-os.write(2, b"held-marker\\n")  # C++ code writing to fd 2
-sys.exit(keras_encoder.cli.main(sys.argv[1:]))
+sys.meta_path.insert(0, Hook())
+sys.argv = [script, *args]
+runpy.run_path(script, run_name="__main__")
 """
 
 
-def _held_import_log_run(tmp_path, *args):
+def _hooked_command_run(tmp_path, module, action, *args, script=None):
+    script = script or COMMAND
     return subprocess.run(
-        [sys.executable, "-c", HELD_IMPORT_LOG, *args],
+        [sys.executable, "-c", HOOKED_COMMAND, script, module, action, *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -187,20 +207,77 @@ def _held_import_log_run(tmp_path, *args):
 )
 def test_import_log_dropped_on_failure(tmp_path, args, own_lines):
     """A failing command prints only its own line(s) (or argparse's)."""
-    result = _held_import_log_run(tmp_path, *args)
+    result = _hooked_command_run(tmp_path, "keras_encoder.cli", "none", *args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == ["imported-marker", *own_lines]
 
 
 def test_import_log_passed_on_on_success(tmp_path):
-    """Whatever was written while the package was imported (the marker,
-    and TensorFlow's own lines on this machine) comes out after."""
-    result = _held_import_log_run(tmp_path, "--help")
+    """Whatever was written while the package was imported (TensorFlow's
+    own lines on this machine, then the marker, written as the command's
+    module is imported) comes out after."""
+    result = _hooked_command_run(tmp_path, "keras_encoder.cli", "none", "-h")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert lines[0] == "imported-marker"
     assert lines[-1] == "held-marker"
     assert result.stdout.startswith("usage: keras-encoder")
+
+
+@pytest.mark.parametrize(
+    "action, returncode",
+    [("abort", -signal.SIGABRT), ("kill", -signal.SIGKILL), ("exit", 3)],
+)
+def test_held_text_survives_a_sudden_death(tmp_path, action, returncode):
+    """A native abort (or a kill, or os._exit) while TensorFlow is being
+    imported: what was printed before it still reaches stderr."""
+    result = _hooked_command_run(tmp_path, "keras", action, "--help")
+    assert result.returncode == returncode, result.stderr
+    assert result.stderr.splitlines()[:2] == ["imported-marker", "held-marker"]
+
+
+def test_interrupt_while_importing(tmp_path):
+    """Ctrl-C while TensorFlow is being imported: the command's own line
+    and status 130, not a traceback from inside the import."""
+    result = _hooked_command_run(tmp_path, "keras", "interrupt", "--help")
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines() == [
+        "imported-marker",
+        "keras-encoder: interrupted",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, returncode, stdout",
+    [
+        (["--help"], 0, "usage: keras-encoder"),
+        (["export", "missing.keras", "--tflite", "m.tflite"], 2, ""),
+    ],
+)
+def test_closed_stderr(tmp_path, args, returncode, stdout):
+    """`keras-encoder ... 2>&-`: the command runs as usual; what it would
+    print to stderr is dropped."""
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$0" "$@" 2>&-', COMMAND, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == returncode
+    assert result.stdout.startswith(stdout)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["keras-encoder.py", "keras-encoder"])
+def test_script_named_like_the_command_is_not_it(tmp_path, name):
+    """A user's own script of that name imports the package as a library:
+    nothing is held, so what is printed meanwhile survives os._exit."""
+    script = tmp_path / name
+    script.write_text("import keras_encoder\n")
+    result = _hooked_command_run(tmp_path, "keras", "exit", script=script)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines() == ["imported-marker", "held-marker"]
 
 
 def test_import_failure_still_shows_its_traceback(tmp_path):
@@ -317,13 +394,64 @@ def test_bad_export_input(case, model_file, calibration, tmp_path, capsys):
     assert leftovers <= {"notes.keras", "other.keras"}, leftovers
 
 
-def test_bad_inspect_input(tmp_path, capsys):
-    bogus = tmp_path / "bogus.tflite"
-    bogus.write_bytes(b"not a flatbuffer at all")
-    assert cli.main(["inspect", str(bogus)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"keras-encoder: error: {bogus}: not a TFLite model")
-    assert len(err.strip().splitlines()) == 1
+def _onnx_model_bytes():
+    onnx = pytest.importorskip("onnx")
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [value],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    return onnx.helper.make_model(graph).SerializeToString()
+
+
+# case: (file content, the error after "keras-encoder: error: FILE: ")
+NOT_TFLITE = {
+    "an ONNX model": (
+        _onnx_model_bytes,
+        r"not a TFLite flatbuffer \(no TFL3 file identifier at byte 4; the "
+        r"file starts with b'\\x08.*'\)",
+    ),
+    "text": (
+        lambda: b"not a flatbuffer at all",
+        r"not a TFLite flatbuffer \(no TFL3 file identifier at byte 4; the "
+        r"file starts with b'not a fl'\)",
+    ),
+    "an empty file": (
+        lambda: b"",
+        r"not a TFLite flatbuffer \(the file is empty\)",
+    ),
+    "a short file": (
+        lambda: b"TFL3",
+        r"not a TFLite flatbuffer \(4 bytes, too short for one\)",
+    ),
+    "a .keras file": (
+        None,  # the model_file fixture
+        r"not a TFLite flatbuffer \(a zip archive, e.g. a .keras model\)",
+    ),
+    "a damaged TFLite model": (
+        lambda: b"\x1c\x00\x00\x00TFL3" + bytes(8),
+        r"a damaged TFLite flatbuffer \(.+\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NOT_TFLITE)
+def test_inspect_refuses_what_is_not_tflite(case, model_file, tmp_path, capsys):
+    """Exit 2 and one line that says what the file is not, not the
+    flatbuffer parser's "unpack_from requires a buffer ..."."""
+    content, message = NOT_TFLITE[case]
+    path = tmp_path / "model.onnx"
+    if content is None:
+        shutil.copy(model_file, path)
+    else:
+        path.write_bytes(content())
+    assert cli.main(["inspect", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    prefix = re.escape(f"keras-encoder: error: {path}: ")
+    assert re.fullmatch(prefix + message, lines[0]), lines[0]
 
 
 def test_sample_inputs_follow_each_input(tmp_path):
@@ -641,3 +769,23 @@ def test_interrupt_leaves_nothing(user_dir_template, tmp_path):
     assert stderr.splitlines() == ["keras-encoder: interrupted"]
     assert _snapshot(work) == before
     assert os.listdir(tmp) == []
+
+
+def test_stdout_a_closed_pipe(user_dir_template):
+    """`keras-encoder inspect m.tflite | head -0`: no BrokenPipeError
+    traceback; status 141, as for a tool that SIGPIPE ends."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    try:
+        result = subprocess.run(
+            [COMMAND, "inspect", "old.tflite"],
+            cwd=user_dir_template,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
