@@ -153,7 +153,12 @@ def test_hf_errors(tmp_path):
     ):
         convert.load_hf_bert(_checkpoint_copy(tmp_path, intermediate_size=40))
     shutil.rmtree(tmp_path / "checkpoint")
-    with pytest.raises(ValueError, match=r"Unsupported hidden_act='tanh'"):
+    with pytest.raises(
+        ValueError,
+        match=r"config.json at .*config.json: field `hidden_act` must be one "
+        r"of \['gelu', 'relu', 'silu', 'swish'\] \(the activations "
+        r"supported\). Received: hidden_act='tanh'",
+    ):
         convert.load_hf_bert(_checkpoint_copy(tmp_path, hidden_act="tanh"))
     with pytest.raises(ValueError, match=r"argument `pooling`"):
         convert.load_hf_bert(FIXTURES / "tiny_bert", pooling="max")

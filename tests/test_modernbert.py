@@ -182,7 +182,11 @@ def test_unsupported_checkpoints_are_clear_errors(tmp_path):
         r"Supported: \['bert'\]",
     ):
         convert.load_hf_bert(CHECKPOINT)
-    with pytest.raises(ValueError, match=r"attention_bias and mlp_bias differ"):
+    with pytest.raises(
+        ValueError,
+        match=r"field `mlp_bias` must be equal to attention_bias=False "
+        r"\(EncoderBlock has one use_bias\). Received: mlp_bias=True",
+    ):
         convert.load_hf_modernbert(
             _checkpoint_copy(tmp_path, {**config, "mlp_bias": True})
         )
@@ -193,16 +197,28 @@ def test_unsupported_checkpoints_are_clear_errors(tmp_path):
             "full_attention": {"rope_type": "linear", "factor": 2.0}
         },
     }
-    with pytest.raises(ValueError, match=r"Unsupported rope_type='linear'"):
+    with pytest.raises(
+        ValueError,
+        match=r"field `rope_parameters.full_attention.rope_type` must be "
+        r"'default': scaled rotary positions are not supported. Received: "
+        r"rope_parameters.full_attention.rope_type='linear'",
+    ):
         convert.load_hf_modernbert(_checkpoint_copy(tmp_path, scaled))
     shutil.rmtree(tmp_path / "checkpoint")
     hub_scaled = {**config, "rope_scaling": {"type": "linear", "factor": 4}}
     with pytest.raises(
-        ValueError, match=r"Unsupported rope_scaling with rope_type='linear'"
+        ValueError,
+        match=r"field `rope_scaling` must be null or of rope_type 'default': "
+        r"scaled rotary positions are not supported. Received: "
+        r"rope_scaling=\{'type': 'linear', 'factor': 4\}",
     ):
         convert.load_hf_modernbert(_checkpoint_copy(tmp_path, hub_scaled))
     shutil.rmtree(tmp_path / "checkpoint")
-    with pytest.raises(ValueError, match=r"Unsupported hidden_activation"):
+    with pytest.raises(
+        ValueError,
+        match=r"field `hidden_activation` must be one of \[.*\] \(the "
+        r"activations supported\). Received: hidden_activation='x'",
+    ):
         convert.load_hf_modernbert(
             _checkpoint_copy(tmp_path, {**config, "hidden_activation": "x"})
         )

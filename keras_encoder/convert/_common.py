@@ -10,13 +10,16 @@ have in common.
 """
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
+from collections.abc import Mapping
 
 import keras
 
 from keras_encoder import _checks
 from keras_encoder.convert.checkpoint import Weights
+from keras_encoder.convert.checkpoint import config_path
 from keras_encoder.convert.checkpoint import open_safetensors
 from keras_encoder.convert.checkpoint import read_config
 from keras_encoder.encoder_block import EncoderBlock
@@ -32,27 +35,100 @@ HF_ACTIVATIONS = {
 }
 
 
-def activation(config: dict, key: str) -> str:
-    """The Keras name of the activation that `config[key]` names (default
-    "gelu"), or a `ValueError` naming the ones supported."""
-    name = config.get(key, "gelu")
-    if name not in HF_ACTIVATIONS:
-        raise ValueError(
-            f"Unsupported {key}={name!r}. Supported: {sorted(HF_ACTIVATIONS)}"
-        )
-    return HF_ACTIVATIONS[name]
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What a config.json field must hold: `expected`, in words, for the
+    message, and `accepts`, the test of a value."""
+
+    expected: str
+    accepts: Callable[[object], bool]
 
 
-def dimensions(config: dict) -> tuple[int, int, int]:
-    """(hidden_size, num_attention_heads, intermediate_size), checked."""
-    hidden = config["hidden_size"]
-    heads = config["num_attention_heads"]
+def _integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value):
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+POSITIVE_INT = Kind("a positive integer", lambda v: _integer(v) and v > 0)
+POSITIVE_NUMBER = Kind("a positive number", lambda v: _number(v) and v > 0)
+BOOLEAN = Kind("true or false", lambda v: isinstance(v, bool))
+ACTIVATION = Kind(
+    f"one of {sorted(HF_ACTIVATIONS)} (the activations supported)",
+    lambda v: isinstance(v, str) and v in HF_ACTIVATIONS,
+)
+
+# A field's default when absent: REQUIRED, or the value.
+REQUIRED = object()
+
+
+def config_error(
+    source: str, name: str, expected: str, value: object
+) -> ValueError:
+    """A `ValueError` naming the config file, the field and the value:
+    "config.json at P: field `name` must be {expected}. Received:
+    name=value"."""
+    return ValueError(
+        f"{source}: field `{name}` must be {expected}. "
+        f"Received: {name}={value!r}"
+    )
+
+
+def check_fields(
+    config: dict,
+    fields: Mapping[str, tuple[Kind, object]],
+    source: str,
+    prefix: str = "",
+) -> dict:
+    """The values of `fields` in `config`, each checked against its kind,
+    defaults filled in.
+
+    Args:
+        config: the parsed config.json.
+        fields: field name -> (`Kind`, default or `REQUIRED`).
+        source: the file, as messages name it.
+        prefix: where `config` sits in the file, before each field's
+            name in messages (`"rope_parameters.full_attention."`).
+            Defaults to `""` (the top level).
+
+    Raises:
+        ValueError: a required field is missing, or a field holds a value
+            its kind does not accept; the message names `source`, the
+            field and the value.
+    """
+    values = {}
+    for name, (kind, default) in fields.items():
+        if name not in config:
+            if default is REQUIRED:
+                raise ValueError(
+                    f"{source}: field `{prefix}{name}` is missing; it must "
+                    f"be {kind.expected}"
+                )
+            values[name] = default
+            continue
+        value = config[name]
+        if not kind.accepts(value):
+            raise config_error(source, prefix + name, kind.expected, value)
+        values[name] = value
+    return values
+
+
+def check_heads(fields: dict, source: str) -> None:
+    """`num_attention_heads` divides `hidden_size`, or a `ValueError`."""
+    hidden, heads = fields["hidden_size"], fields["num_attention_heads"]
     if hidden % heads:
-        raise ValueError(
-            f"hidden_size={hidden} is not divisible by "
-            f"num_attention_heads={heads}"
+        raise config_error(
+            source,
+            "num_attention_heads",
+            f"a divisor of hidden_size={hidden}",
+            heads,
         )
-    return hidden, heads, config["intermediate_size"]
 
 
 def model_name(config: dict) -> str:
@@ -66,12 +142,18 @@ def int_input(name: str) -> keras.KerasTensor:
 
 
 def apply_blocks(
-    x: keras.KerasTensor, mask: keras.KerasTensor, blocks: list[dict]
+    x: keras.KerasTensor,
+    mask: keras.KerasTensor,
+    blocks: list[dict],
+    *,
+    causal: bool = False,
 ) -> keras.KerasTensor:
     """`x` through one `EncoderBlock(**arguments)` per entry of `blocks`,
-    named `encoder_layer_{i}`."""
+    named `encoder_layer_{i}`; with `causal`, each called with
+    `use_causal_mask=True` (a decoder's self-attention)."""
     for i, arguments in enumerate(blocks):
-        x = EncoderBlock(**arguments, name=f"encoder_layer_{i}")(x, mask=mask)
+        block = EncoderBlock(**arguments, name=f"encoder_layer_{i}")
+        x = block(x, mask=mask, use_causal_mask=causal)
     return x
 
 
@@ -111,7 +193,8 @@ class Converter:
             encoder's weights (`"bert."` in `BertForMaskedLM`).
         ignored: `fnmatch` patterns of checkpoint names the family never
             needs (heads, buffers), so not reported as unused.
-        convert_backbone_config: config.json -> the layer arguments.
+        convert_backbone_config: (config.json, and the file as messages
+            name it) -> the layer arguments.
         build_encoder: layer arguments -> (inputs by name, last hidden
             state), which `sentence_model` pools.
         convert_weights: (model, `Weights`) -> None: ports every weight.
@@ -121,7 +204,7 @@ class Converter:
     description: str
     prefix: str
     ignored: tuple[str, ...]
-    convert_backbone_config: Callable[[dict], dict]
+    convert_backbone_config: Callable[..., dict]
     build_encoder: Callable[[dict], tuple[dict, keras.KerasTensor]]
     convert_weights: Callable[[keras.Model, Weights], None]
 
@@ -137,7 +220,9 @@ class Converter:
         read from disk once, straight into its variable."""
         _checks.choice("pooling", pooling, POOLING_MODES)
         config = read_config(model_dir, {self.model_type: self.description})
-        arguments = self.convert_backbone_config(config)
+        arguments = self.convert_backbone_config(
+            config, source=f"config.json at {config_path(model_dir)}"
+        )
         with open_safetensors(
             model_dir, prefix=self.prefix, ignore=self.ignored, unused=unused
         ) as weights:

@@ -4,10 +4,17 @@ import os
 
 import keras
 
+from keras_encoder.convert._common import ACTIVATION
+from keras_encoder.convert._common import BOOLEAN
+from keras_encoder.convert._common import HF_ACTIVATIONS
+from keras_encoder.convert._common import POSITIVE_INT
+from keras_encoder.convert._common import POSITIVE_NUMBER
+from keras_encoder.convert._common import REQUIRED
 from keras_encoder.convert._common import Converter
-from keras_encoder.convert._common import activation
+from keras_encoder.convert._common import Kind
 from keras_encoder.convert._common import apply_blocks
-from keras_encoder.convert._common import dimensions
+from keras_encoder.convert._common import check_fields
+from keras_encoder.convert._common import check_heads
 from keras_encoder.convert._common import encoder_blocks
 from keras_encoder.convert._common import int_input
 from keras_encoder.convert._common import model_name
@@ -17,43 +24,99 @@ from keras_encoder.convert.checkpoint import port_norm
 from keras_encoder.positional_encoding import PositionalEncoding
 
 
-def convert_backbone_config(config: dict) -> dict:
+def _only(value, expected):
+    """A `Kind` that accepts `value` alone (what the model supports)."""
+    return Kind(expected, lambda v: v == value and type(v) is type(value))
+
+
+# config.json fields that change what `BertModel` computes: field ->
+# (kind, default or REQUIRED). The others (dropouts, initializer_range,
+# the pad/bos/eos ids, tie_word_embeddings, use_cache,
+# chunk_size_feed_forward, which only splits the same computation,
+# classifier_dropout) do not change its outputs in eval mode.
+FIELDS = {
+    "vocab_size": (POSITIVE_INT, REQUIRED),
+    "hidden_size": (POSITIVE_INT, REQUIRED),
+    "num_hidden_layers": (POSITIVE_INT, REQUIRED),
+    "num_attention_heads": (POSITIVE_INT, REQUIRED),
+    "intermediate_size": (POSITIVE_INT, REQUIRED),
+    "max_position_embeddings": (POSITIVE_INT, REQUIRED),
+    "type_vocab_size": (POSITIVE_INT, REQUIRED),
+    "hidden_act": (ACTIVATION, "gelu"),
+    "layer_norm_eps": (POSITIVE_NUMBER, 1e-12),
+    # A decoder: causal self-attention, as transformers applies it.
+    "is_decoder": (BOOLEAN, False),
+    "add_cross_attention": (
+        _only(
+            False,
+            "false: cross-attention to an encoder's states is not "
+            "supported (the model has no input for them)",
+        ),
+        False,
+    ),
+    "position_embedding_type": (
+        _only(
+            "absolute",
+            "'absolute': relative position embeddings are not supported",
+        ),
+        "absolute",
+    ),
+    "pruned_heads": (
+        Kind(
+            "empty: pruned attention heads are not supported",
+            lambda v: v in ({}, None),
+        ),
+        {},
+    ),
+}
+
+
+def convert_backbone_config(
+    config: dict, *, source: str = "config.json"
+) -> dict:
     """The arguments of the model's layers, from BERT's config.json.
+
+    Args:
+        config: the parsed config.json.
+        source: the file, as messages name it. Defaults to
+            `"config.json"`.
 
     Returns:
         A dict: `name`, `vocab_size`, `hidden_dim`, `max_length`,
         `type_vocab_size`, `layer_norm_epsilon` (of the embeddings'
-        LayerNorm) and `blocks`, one dict of `EncoderBlock` arguments per
-        layer.
+        LayerNorm), `causal` (`is_decoder`: causal self-attention) and
+        `blocks`, one dict of `EncoderBlock` arguments per layer.
+
+    Raises:
+        ValueError: a field of `FIELDS` is missing or holds a value that
+            is malformed or not supported; the message names `source`,
+            the field and the value.
     """
-    if config.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(
-            "Unsupported position_embedding_type="
-            f"{config['position_embedding_type']!r}; only 'absolute'"
-        )
-    hidden, heads, intermediate = dimensions(config)
-    epsilon = config.get("layer_norm_eps", 1e-12)
+    fields = check_fields(config, FIELDS, source)
+    check_heads(fields, source)
+    epsilon = fields["layer_norm_eps"]
     block = {
-        "num_heads": heads,
-        "intermediate_dim": intermediate,
-        "activation": activation(config, "hidden_act"),
+        "num_heads": fields["num_attention_heads"],
+        "intermediate_dim": fields["intermediate_size"],
+        "activation": HF_ACTIVATIONS[fields["hidden_act"]],
         "layer_norm_epsilon": epsilon,
     }
     return {
         "name": model_name(config),
-        "vocab_size": config["vocab_size"],
-        "hidden_dim": hidden,
-        "max_length": config["max_position_embeddings"],
-        "type_vocab_size": config["type_vocab_size"],
+        "vocab_size": fields["vocab_size"],
+        "hidden_dim": fields["hidden_size"],
+        "max_length": fields["max_position_embeddings"],
+        "type_vocab_size": fields["type_vocab_size"],
         "layer_norm_epsilon": epsilon,
-        "blocks": [dict(block) for _ in range(config["num_hidden_layers"])],
+        "causal": fields["is_decoder"],
+        "blocks": [dict(block) for _ in range(fields["num_hidden_layers"])],
     }
 
 
 def build_encoder(arguments: dict) -> tuple[dict, keras.KerasTensor]:
     """Word + learned position + token-type embeddings and their
-    LayerNorm, post-LN `EncoderBlock`s: (inputs by name, last hidden
-    state)."""
+    LayerNorm, post-LN `EncoderBlock`s (causal with `causal`): (inputs by
+    name, last hidden state)."""
     hidden = arguments["hidden_dim"]
     inputs = {
         name: int_input(name)
@@ -79,7 +142,10 @@ def build_encoder(arguments: dict) -> tuple[dict, keras.KerasTensor]:
     )
     x = embeddings_norm(x)
     return inputs, apply_blocks(
-        x, inputs["attention_mask"], arguments["blocks"]
+        x,
+        inputs["attention_mask"],
+        arguments["blocks"],
+        causal=arguments["causal"],
     )
 
 
@@ -150,7 +216,13 @@ def load_hf_bert(
     package; torch is not needed) and builds: word + learned position +
     token-type embeddings and LayerNorm, then `num_hidden_layers` post-LN
     `EncoderBlock`s with the checkpoint's activation (exact GELU for BERT)
-    and `layer_norm_eps`, then sentence pooling.
+    and `layer_norm_eps`, then sentence pooling. A decoder's checkpoint
+    (`is_decoder: true`, as `BertLMHeadModel`'s) gets causal
+    self-attention, as transformers gives it. Fields that would change the
+    maths in ways these layers do not support (`add_cross_attention`,
+    relative `position_embedding_type`, `pruned_heads`, another
+    `hidden_act`) are refused, as is a malformed config.json: a
+    `ValueError` names the file, the field and the value.
 
     Inputs are a dict of int32 (batch, seq) tensors `input_ids`,
     `attention_mask` (1 = real token, as in Hugging Face) and

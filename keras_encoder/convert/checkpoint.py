@@ -36,10 +36,22 @@ def _checkpoint_file(model_dir, name):
     return path
 
 
+def config_path(model_dir: str | os.PathLike) -> str:
+    """The path of the checkpoint's `config.json`.
+
+    Raises:
+        FileNotFoundError: the directory has no `config.json`.
+    """
+    return _checkpoint_file(model_dir, "config.json")
+
+
 def read_config(
     model_dir: str | os.PathLike, model_types: Mapping[str, str]
 ) -> dict:
     """The checkpoint's `config.json`, as a dict.
+
+    Only the file and its `model_type` are checked here; each family's
+    `convert_backbone_config` checks the fields it reads.
 
     Args:
         model_dir: the checkpoint directory.
@@ -51,19 +63,42 @@ def read_config(
 
     Raises:
         FileNotFoundError: the directory has no `config.json`.
-        ValueError: its `model_type` is not one of `model_types`.
+        ValueError: the file is not UTF-8 JSON, not a JSON object, or its
+            `model_type` is not one of `model_types`; the message names
+            the file.
     """
-    with open(_checkpoint_file(model_dir, "config.json")) as f:
-        config = json.load(f)
-    model_type = config.get("model_type")
-    if model_type not in model_types:
+    path = config_path(model_dir)
+    source = f"config.json at {path}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{source}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
         raise ValueError(
-            f"Unsupported architecture: model_type={model_type!r}. "
+            f"{source}: expected a JSON object of fields (such as "
+            '{"model_type": ...}). Received: a JSON '
+            f"{_JSON_TYPES.get(type(config), type(config).__name__)}"
+        )
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in model_types:
+        raise ValueError(
+            f"{source}: Unsupported architecture: model_type={model_type!r}. "
             f"Supported: {list(model_types)} ("
             + ", ".join(model_types.values())
             + ")"
         )
     return config
+
+
+_JSON_TYPES = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 class _Arrays:
@@ -227,11 +262,25 @@ def open_safetensors(
     A context manager: the file is open, and each tensor read only when
     asked for, inside the `with` block; leaving it without an error
     reports the unused tensors. Arguments as `Weights`.
+
+    Raises:
+        FileNotFoundError: the directory has no `model.safetensors`.
+        ValueError: the file is not a readable safetensors file (truncated
+            or damaged); the message names it.
     """
     path = _checkpoint_file(model_dir, "model.safetensors")
+    from safetensors import SafetensorError
     from safetensors import safe_open
 
-    with safe_open(path, framework="np") as handle:
+    try:
+        opened = safe_open(path, framework="np")
+    except SafetensorError as error:
+        raise ValueError(
+            f"model.safetensors at {path}: not a readable safetensors file "
+            f"({error}); it may be truncated or damaged: copy or download "
+            "it again"
+        ) from None
+    with opened as handle:
         with Weights(
             _SafetensorsFile(handle),
             source=path,

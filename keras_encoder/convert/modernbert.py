@@ -4,10 +4,18 @@ import os
 
 import keras
 
+from keras_encoder.convert._common import ACTIVATION
+from keras_encoder.convert._common import BOOLEAN
+from keras_encoder.convert._common import HF_ACTIVATIONS
+from keras_encoder.convert._common import POSITIVE_INT
+from keras_encoder.convert._common import POSITIVE_NUMBER
+from keras_encoder.convert._common import REQUIRED
 from keras_encoder.convert._common import Converter
-from keras_encoder.convert._common import activation
+from keras_encoder.convert._common import Kind
 from keras_encoder.convert._common import apply_blocks
-from keras_encoder.convert._common import dimensions
+from keras_encoder.convert._common import check_fields
+from keras_encoder.convert._common import check_heads
+from keras_encoder.convert._common import config_error
 from keras_encoder.convert._common import encoder_blocks
 from keras_encoder.convert._common import int_input
 from keras_encoder.convert._common import model_name
@@ -16,86 +24,170 @@ from keras_encoder.convert.checkpoint import port_dense
 from keras_encoder.convert.checkpoint import port_norm
 from keras_encoder.convert.checkpoint import port_stacked_dense
 
-
-def _check_rope_scaling(config):
-    """Refuse scaled rotary positions, in either config form."""
-    scaling = config.get("rope_scaling")  # the Hub's form of scaled RoPE
-    if scaling:
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind != "default":
-            raise ValueError(
-                f"Unsupported rope_scaling with rope_type={kind!r}; only "
-                "unscaled (default) rotary positions"
-            )
-    for layer_type, params in (config.get("rope_parameters") or {}).items():
-        if params is not None and (
-            params.get("rope_type", "default") != "default"
-        ):
-            raise ValueError(
-                f"Unsupported rope_type={params['rope_type']!r} for "
-                f"{layer_type} layers; only 'default'"
-            )
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
-def _attention_layers(config):
-    """[(rotary base, sliding window or None)] per layer, from either form
-    of ModernBERT's config.json: the Hub's (`global_attn_every_n_layers`,
-    `global_rope_theta`, `local_rope_theta`) or transformers 5's
-    (`layer_types`, `rope_parameters`)."""
-    _check_rope_scaling(config)
-    count = config["num_hidden_layers"]
-    every = config.get("global_attn_every_n_layers", 3)
-    types = config.get("layer_types") or [
+def _rope_parameters(value):
+    return value is None or (
+        isinstance(value, dict)
+        and all(
+            key in LAYER_TYPES and (params is None or isinstance(params, dict))
+            for key, params in value.items()
+        )
+    )
+
+
+def _unscaled(value):
+    return value is None or (
+        isinstance(value, dict)
+        and value.get("rope_type", value.get("type", "default")) == "default"
+    )
+
+
+# config.json fields that change what `ModernBertModel` computes, in
+# either form (the Hub's or transformers 5's): field -> (kind, default or
+# REQUIRED). The others (dropouts, initializers, the token ids,
+# max_position_embeddings, which rotary positions do not need, the
+# classifier and decoder heads' fields, deterministic_flash_attn,
+# is_decoder, which ModernBertModel ignores) do not change its outputs.
+FIELDS = {
+    "vocab_size": (POSITIVE_INT, REQUIRED),
+    "hidden_size": (POSITIVE_INT, REQUIRED),
+    "num_hidden_layers": (POSITIVE_INT, REQUIRED),
+    "num_attention_heads": (POSITIVE_INT, REQUIRED),
+    "intermediate_size": (POSITIVE_INT, REQUIRED),
+    "hidden_activation": (ACTIVATION, "gelu"),
+    "norm_eps": (POSITIVE_NUMBER, 1e-5),
+    "norm_bias": (BOOLEAN, False),
+    "attention_bias": (BOOLEAN, False),
+    "mlp_bias": (BOOLEAN, False),
+    "global_attn_every_n_layers": (POSITIVE_INT, 3),
+    "local_attention": (POSITIVE_INT, 128),
+    "global_rope_theta": (POSITIVE_NUMBER, 160000.0),
+    "local_rope_theta": (POSITIVE_NUMBER, 10000.0),
+    "layer_types": (
+        Kind(
+            f"null or a list of {' and '.join(map(repr, LAYER_TYPES))}",
+            lambda v: (
+                v is None
+                or (isinstance(v, list) and all(t in LAYER_TYPES for t in v))
+            ),
+        ),
+        None,
+    ),
+    "rope_parameters": (
+        Kind(
+            "null or an object mapping "
+            f"{' and '.join(map(repr, LAYER_TYPES))} to objects (of "
+            "rope_type and rope_theta), transformers 5's form",
+            _rope_parameters,
+        ),
+        None,
+    ),
+    # The Hub's form of scaled RoPE.
+    "rope_scaling": (
+        Kind(
+            "null or of rope_type 'default': scaled rotary positions are "
+            "not supported",
+            _unscaled,
+        ),
+        None,
+    ),
+}
+
+# Each layer type's entry of `rope_parameters`.
+ROPE_FIELDS = {
+    "rope_type": (
+        Kind(
+            "'default': scaled rotary positions are not supported",
+            lambda v: v == "default",
+        ),
+        "default",
+    ),
+    "rope_theta": (POSITIVE_NUMBER, None),
+}
+
+
+def _attention_layers(fields, source):
+    """[(rotary base, sliding window or None)] per layer, from the checked
+    `FIELDS` of either form of ModernBERT's config.json: the Hub's
+    (`global_attn_every_n_layers`, `global_rope_theta`,
+    `local_rope_theta`) or transformers 5's (`layer_types`,
+    `rope_parameters`)."""
+    count = fields["num_hidden_layers"]
+    every = fields["global_attn_every_n_layers"]
+    types = fields["layer_types"] or [
         "sliding_attention" if i % every else "full_attention"
         for i in range(count)
     ]
+    if len(types) != count:
+        raise config_error(
+            source,
+            "layer_types",
+            f"a list of num_hidden_layers={count} entries",
+            types,
+        )
     thetas = {
-        "full_attention": config.get("global_rope_theta", 160000.0),
-        "sliding_attention": config.get("local_rope_theta", 10000.0),
+        "full_attention": fields["global_rope_theta"],
+        "sliding_attention": fields["local_rope_theta"],
     }
-    for layer_type, params in (config.get("rope_parameters") or {}).items():
+    for layer_type, params in (fields["rope_parameters"] or {}).items():
         if params is not None:
-            thetas[layer_type] = params.get("rope_theta", thetas[layer_type])
+            rope = check_fields(
+                params, ROPE_FIELDS, source, f"rope_parameters.{layer_type}."
+            )
+            if rope["rope_theta"] is not None:
+                thetas[layer_type] = rope["rope_theta"]
     # ModernBERT's window: |i - j| <= local_attention // 2, which is
     # sliding_window = local_attention // 2 + 1 here (|i - j| < window).
-    window = config.get("local_attention", 128) // 2 + 1
-    layers = []
-    for layer_type in types:
-        if layer_type not in thetas:
-            raise ValueError(f"Unsupported layer type {layer_type!r}")
-        local = layer_type == "sliding_attention"
-        layers.append((float(thetas[layer_type]), window if local else None))
-    if len(layers) != count:
-        raise ValueError(
-            f"layer_types has {len(layers)} entries; expected "
-            f"num_hidden_layers={count}"
+    window = fields["local_attention"] // 2 + 1
+    return [
+        (
+            float(thetas[layer_type]),
+            window if layer_type == "sliding_attention" else None,
         )
-    return layers
+        for layer_type in types
+    ]
 
 
-def convert_backbone_config(config: dict) -> dict:
+def convert_backbone_config(
+    config: dict, *, source: str = "config.json"
+) -> dict:
     """The arguments of the model's layers, from ModernBERT's config.json
     (the Hub's form or transformers 5's).
+
+    Args:
+        config: the parsed config.json.
+        source: the file, as messages name it. Defaults to
+            `"config.json"`.
 
     Returns:
         A dict: `name`, `vocab_size`, `hidden_dim`, `norm_epsilon` and
         `norm_bias` (of the embeddings' and the final norm) and `blocks`,
         one dict of `EncoderBlock` arguments per layer.
+
+    Raises:
+        ValueError: a field of `FIELDS` is missing or holds a value that
+            is malformed or not supported; the message names `source`,
+            the field and the value.
     """
-    hidden, heads, intermediate = dimensions(config)
-    epsilon = config.get("norm_eps", 1e-5)
-    use_bias = config.get("attention_bias", False)
-    if config.get("mlp_bias", False) != use_bias:
-        raise ValueError(
-            "Unsupported: attention_bias and mlp_bias differ "
-            f"({use_bias} and {config.get('mlp_bias', False)}); EncoderBlock "
-            "has one use_bias"
+    fields = check_fields(config, FIELDS, source)
+    check_heads(fields, source)
+    use_bias = fields["attention_bias"]
+    if fields["mlp_bias"] != use_bias:
+        raise config_error(
+            source,
+            "mlp_bias",
+            f"equal to attention_bias={use_bias} (EncoderBlock has one "
+            "use_bias)",
+            fields["mlp_bias"],
         )
-    norm_bias = bool(config.get("norm_bias", False))
+    epsilon = fields["norm_eps"]
+    norm_bias = fields["norm_bias"]
     block = {
-        "num_heads": heads,
-        "intermediate_dim": intermediate,
-        "activation": activation(config, "hidden_activation"),
+        "num_heads": fields["num_attention_heads"],
+        "intermediate_dim": fields["intermediate_size"],
+        "activation": HF_ACTIVATIONS[fields["hidden_activation"]],
         "norm_first": True,
         "layer_norm_epsilon": epsilon,
         "use_bias": use_bias,
@@ -104,8 +196,8 @@ def convert_backbone_config(config: dict) -> dict:
     }
     return {
         "name": model_name(config),
-        "vocab_size": config["vocab_size"],
-        "hidden_dim": hidden,
+        "vocab_size": fields["vocab_size"],
+        "hidden_dim": fields["hidden_size"],
         "norm_epsilon": epsilon,
         "norm_bias": norm_bias,
         "blocks": [
@@ -116,7 +208,9 @@ def convert_backbone_config(config: dict) -> dict:
                 "rotary_max_wavelength": theta,
                 "sliding_window": window,
             }
-            for i, (theta, window) in enumerate(_attention_layers(config))
+            for i, (theta, window) in enumerate(
+                _attention_layers(fields, source)
+            )
         ],
     }
 
