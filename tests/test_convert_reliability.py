@@ -253,8 +253,11 @@ def test_bert_fields_that_change_the_maths_are_refused(
     tmp_path, field, value, expected
 ):
     """Fields that would make transformers compute something else than
-    this model, refused up front (not silently ignored)."""
-    checkpoint = _write_config(tmp_path, {**BERT, field: value})
+    this model, refused up front (not silently ignored): the real tiny
+    checkpoint, so the only thing wrong is the field."""
+    checkpoint = checkpoint_copy(
+        TINY_BERT, tmp_path, config=lambda c: {**c, field: value}
+    )
     with pytest.raises(
         ValueError, match=_field_error(field, expected, repr(value))
     ):
