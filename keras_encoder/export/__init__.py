@@ -14,9 +14,12 @@ file or an empty directory is replaced; anything else is refused with a
 `FileExistsError`, so an export never deletes what it did not write.
 Artifacts are written under a temporary name beside the target and
 renamed into place (`Staging`), so a failure (or Ctrl-C) never leaves a
-half-written artifact or a temporary file behind. The model's signature
-(`model_inputs`, `input_names`, `vocabularies`, `max_length`) names the
-inputs and bounds int8 calibration data (`calibration_batches`).
+half-written artifact or a temporary file behind; installed, they get the
+modes of a plain write under the umask (or keep those of the artifact
+they replace). The model's signature (`model_inputs`, `input_names`,
+`vocabularies`, `max_length`) names the inputs and bounds int8
+calibration data (`calibration_batches`); Functional and Sequential
+models have one, a subclassed model is refused up front.
 
 The lower-level pieces (`tflite_bytes`, `onnx_bytes`, `write_saved_model`,
 `Staging`, `destination_problem`, `check_calibration_batch`) let a caller

@@ -11,6 +11,8 @@ not a converter crash or a silently wrong calibration.
 import keras
 import numpy as np
 
+from keras_encoder.export._signature import check_fits_dtype
+from keras_encoder.export._signature import check_input_dtype
 from keras_encoder.export._signature import check_model
 from keras_encoder.export._signature import max_length
 from keras_encoder.export._signature import model_inputs
@@ -28,28 +30,6 @@ def _layout(rank):
     axes = ["batch", "sequence", "features"][:rank]
     axes += ["..."] * (rank - len(axes))
     return "(" + ", ".join(axes) + ")"
-
-
-def _check_dtype(array, name, dtype, prefix):
-    kind = np.dtype(dtype).kind
-    if kind in "iu":
-        allowed, expected = "iub", "integer"
-    elif kind == "b":
-        allowed, expected = "iub", "boolean or integer"
-    else:
-        allowed, expected = "iuf", "numeric"
-    if array.dtype.kind in allowed:
-        return
-    if kind in "iu" and array.dtype.kind == "f":
-        raise TypeError(
-            f"{prefix}: expected {expected} values for input {name!r} "
-            f"({dtype}); floats are not cast to ids silently. Received: "
-            f"dtype={array.dtype}"
-        )
-    raise TypeError(
-        f"{prefix}: expected {expected} values for input {name!r} "
-        f"({dtype}). Received: dtype={array.dtype}"
-    )
 
 
 def _check_shape(array, name, shape, longest, prefix, batch_hint):
@@ -91,12 +71,7 @@ def _check_ids(array, name, dtype, vocabulary, prefix):
                 f"(input_dim={size}). Received: ids from {low} to "
                 f"{high}"
             )
-    info = np.iinfo(dtype)
-    if low < info.min or high > info.max:
-        raise ValueError(
-            f"{prefix}: expected values that fit {dtype} for input "
-            f"{name!r}. Received: values from {low} to {high}"
-        )
+    check_fits_dtype(array, name, dtype, prefix)
 
 
 def check_calibration_batch(
@@ -130,7 +105,7 @@ def check_calibration_batch(
         spec = specs[name]
         dtype = keras.backend.standardize_dtype(spec.dtype)
         kind = np.dtype(dtype).kind
-        _check_dtype(array, name, dtype, prefix)
+        check_input_dtype(array, name, dtype, prefix)
         _check_shape(array, name, spec.shape, longest, prefix, batch_hint)
         if kind in "iu" and array.size:
             _check_ids(array, name, dtype, embeddings.get(name), prefix)

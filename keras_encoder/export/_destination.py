@@ -115,6 +115,17 @@ def destination_problem(
         return type(error), f"cannot be inspected ({error.strerror})"
 
 
+def _missing_directory(parent):
+    """Why directory `parent` is not there: a file in the way (the nearest
+    existing ancestor is not a directory), or it does not exist."""
+    ancestor = parent
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        return NotADirectoryError, f"{ancestor!r} is not a directory"
+    return FileNotFoundError, f"directory {parent!r} does not exist"
+
+
 def _inspect_destination(path, kind):
     what = _KINDS[kind]
     target = os.path.abspath(path)
@@ -124,7 +135,7 @@ def _inspect_destination(path, kind):
     if target == parent:
         return ValueError, "the root directory cannot be replaced"
     if not os.path.isdir(parent):
-        return FileNotFoundError, f"directory {parent!r} does not exist"
+        return _missing_directory(parent)
     if os.path.islink(target):
         return FileExistsError, (
             "is a symbolic link; refusing to replace it (give the path it "
@@ -174,6 +185,8 @@ def check_destination(path: str | os.PathLike, kind: str) -> str:
     Raises:
         FileExistsError: something else is there.
         FileNotFoundError: the parent directory does not exist.
+        NotADirectoryError: the path goes through a file
+            (`notes.txt/model.tflite`).
         ValueError: `path` cannot name such an artifact (a `.tflite` path
             ending in a separator).
     """

@@ -18,12 +18,48 @@ from keras_encoder.positional_encoding import PositionalEncoding
 _QUANTIZATION_SCALES = ("kernel_scale", "embeddings_scale")
 
 
+def _symbolic_inputs(model):
+    """`model.inputs`, or None where the model has none (a subclassed
+    model, a Sequential model never built on `keras.Input`)."""
+    try:
+        return model.inputs or None
+    except AttributeError:  # Keras raises it for both
+        return None
+
+
 def check_model(model) -> None:
-    """Raise `TypeError` unless `model` is a `keras.Model`."""
+    """Refuse what has no export signature.
+
+    Raises:
+        TypeError: `model` is not a `keras.Model`.
+        ValueError: `model` has no symbolic inputs to name and type the
+            signature: a subclassed model, or a Sequential model built
+            without `keras.Input`.
+    """
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"Expected a keras.Model. Received: model={type(model).__name__}"
         )
+    if _symbolic_inputs(model) is not None:
+        return
+    if isinstance(model, keras.Sequential):
+        why = (
+            "a Sequential model without `keras.Input` has no input dtype or "
+            "sequence axis to export: start it with keras.Input((None,), "
+            'dtype="int32")'
+        )
+    else:
+        why = (
+            "a subclassed model has no symbolic inputs, so its export "
+            "signature (names, dtypes, dynamic axes) cannot be derived: wrap "
+            'it, inputs = keras.Input((None,), dtype="int32"); '
+            "keras.Model(inputs, model(inputs)), and export that"
+        )
+    raise ValueError(
+        "Received an invalid value for argument `model`: expected a "
+        f"Functional or Sequential model with symbolic inputs; {why}. "
+        f"Received: model={type(model).__name__}"
+    )
 
 
 def check_not_keras_quantized(model: keras.Model, target: str) -> None:
@@ -61,15 +97,34 @@ def check_not_keras_quantized(model: keras.Model, target: str) -> None:
         )
 
 
+def _takes_dict(model):
+    """Whether `model` takes its inputs as a dict. (`model.input` exists
+    only for Functional models; a Sequential model takes one tensor.)"""
+    if isinstance(model, keras.Sequential):
+        return False
+    return isinstance(model.input, dict)
+
+
 def model_inputs(model: keras.Model) -> dict:
     """{name: symbolic input} in signature order, names as in the signature.
 
     For dict inputs the names are the dict keys; `model.inputs` may list
-    them in another order, so never zip it with the names.
+    them in another order, so never zip it with the names. Functional and
+    Sequential models have them (see `check_model`).
     """
-    if isinstance(model.input, dict):
+    check_model(model)
+    if _takes_dict(model):
         return dict(model.input)
     return {t.name: t for t in model.inputs}
+
+
+def call_inputs(model: keras.Model, named: dict):
+    """`named` ({input name: tensor}) as `model` takes it when called: a
+    dict for dict inputs, else the tensors in input order (one bare)."""
+    if _takes_dict(model):
+        return dict(named)
+    values = [named[name] for name in input_names(model)]
+    return values if len(values) > 1 else values[0]
 
 
 def input_names(model: keras.Model) -> list:
@@ -101,6 +156,88 @@ def named_inputs(model: keras.Model, inputs) -> dict:
             f"{len(inputs)}. Pass a dict keyed by input name."
         )
     return {n: np.asarray(x) for n, x in zip(names, inputs, strict=True)}
+
+
+def check_input_dtype(
+    array: np.ndarray, name: str, dtype: str, prefix: str
+) -> None:
+    """Refuse `array` for input `name` of `dtype` unless its values cast
+    without loss of meaning: integers (or booleans) for integer and boolean
+    inputs, never floats as ids; any number for float inputs.
+
+    Args:
+        array: the values given.
+        name: the input's name.
+        dtype: the input's dtype, e.g. `"int32"`.
+        prefix: what the message starts with, e.g. "Received an invalid
+            value for argument `inputs`".
+
+    Raises:
+        TypeError: e.g. float ids.
+    """
+    kind = np.dtype(dtype).kind
+    if kind in "iu":
+        allowed, expected = "iub", "integer"
+    elif kind == "b":
+        allowed, expected = "iub", "boolean or integer"
+    else:
+        allowed, expected = "iuf", "numeric"
+    if array.dtype.kind in allowed:
+        return
+    if kind in "iu" and array.dtype.kind == "f":
+        raise TypeError(
+            f"{prefix}: expected {expected} values for input {name!r} "
+            f"({dtype}); floats are not cast to ids silently. Received: "
+            f"dtype={array.dtype}"
+        )
+    raise TypeError(
+        f"{prefix}: expected {expected} values for input {name!r} "
+        f"({dtype}). Received: dtype={array.dtype}"
+    )
+
+
+def check_fits_dtype(
+    array: np.ndarray, name: str, dtype: str, prefix: str
+) -> None:
+    """Refuse integer values of `array` (input `name`) that the integer
+    `dtype` cannot hold, so a cast never wraps them.
+
+    Raises:
+        ValueError: values outside the range of `dtype`.
+    """
+    if not array.size:
+        return
+    low, high = int(array.min()), int(array.max())
+    info = np.iinfo(dtype)
+    if low < info.min or high > info.max:
+        raise ValueError(
+            f"{prefix}: expected values that fit {dtype} for input "
+            f"{name!r}. Received: values from {low} to {high}"
+        )
+
+
+def typed_inputs(model: keras.Model, named: dict, prefix: str) -> dict:
+    """`named` ({input name: array}) cast to the dtypes of the model's
+    inputs, which its artifacts' signatures keep: NumPy's default int64
+    ids become int32, integers become booleans (non-zero is True). Floats
+    are never cast to ids.
+
+    Raises:
+        TypeError: an array of the wrong kind, e.g. float ids.
+        ValueError: integers that the input's dtype cannot hold.
+    """
+    specs = model_inputs(model)
+    typed = {}
+    for name, array in named.items():
+        dtype = keras.backend.standardize_dtype(specs[name].dtype)
+        kind = np.dtype(dtype).kind
+        check_input_dtype(array, name, dtype, prefix)
+        if kind in "iu" and array.dtype.kind in "iu":
+            check_fits_dtype(array, name, dtype, prefix)
+        if kind == "b" and array.dtype.kind != "b":
+            array = array != 0
+        typed[name] = array.astype(dtype, copy=False)
+    return typed
 
 
 def flat_outputs(outputs) -> dict:

@@ -3,7 +3,10 @@
 An artifact is written under a temporary name beside its target (same
 directory, so the rename is atomic for a file) and renamed into place
 only once it is complete, so a failure (or Ctrl-C) never leaves a
-half-written artifact or a temporary file behind. `Staging` holds several
+half-written artifact or a temporary file behind. An installed artifact
+gets the permission bits of a plain write under the umask (files
+0666 & ~umask, directories 0777 & ~umask), or those of the artifact it
+replaces, not the private ones of its temporary. `Staging` holds several
 artifacts and installs them together, after the caller has checked them;
 `staged` is the one-artifact case.
 """
@@ -11,6 +14,7 @@ artifacts and installs them together, after the caller has checked them;
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 
@@ -24,10 +28,31 @@ def _remove(path):
         os.remove(path)
 
 
+def _umask():
+    """The process's umask (read by setting it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode(target, kind):
+    """The permission bits for an artifact installed at `target`: those of
+    the artifact it replaces, as editors keep them; else those of a plain
+    write (`open`, `mkdir`) under the umask. (`mkstemp` and `mkdtemp`
+    create the staged artifact private, 0600 or 0700.)"""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        plain = 0o777 if kind == "saved_model" else 0o666
+        return plain & ~_umask()
+
+
 def _install(staged, path, kind):
     """Move the staged artifact `staged` to `path`, replacing what
-    `check_destination` allows there (checked again now)."""
+    `check_destination` allows there (checked again now), with the
+    permission bits of `_mode`."""
     target = check_destination(path, kind)
+    os.chmod(staged, _mode(target, kind))
     if kind != "saved_model" or not os.path.exists(target):
         os.replace(staged, target)
         return

@@ -14,10 +14,12 @@ import numpy as np
 
 from keras_encoder import _masking
 from keras_encoder.export._destination import is_artifact
+from keras_encoder.export._signature import call_inputs
 from keras_encoder.export._signature import check_model
 from keras_encoder.export._signature import flat_outputs
 from keras_encoder.export._signature import model_inputs
 from keras_encoder.export._signature import named_inputs
+from keras_encoder.export._signature import typed_inputs
 from keras_encoder.export._signature import vocabularies
 from keras_encoder.export.onnx import onnx_ops
 from keras_encoder.export.tflite import is_builtin_only
@@ -136,13 +138,7 @@ def _size(path):
 
 def _keras_outputs(model, named):
     """The model's outputs on `named` inputs, by signature name."""
-    if isinstance(model.input, dict):
-        inputs = named
-    else:
-        inputs = list(named.values())
-        if len(inputs) == 1:
-            inputs = inputs[0]
-    return flat_outputs(model(inputs, training=False))
+    return flat_outputs(model(call_inputs(model, named), training=False))
 
 
 def _agreement(expected, got):
@@ -177,17 +173,28 @@ def verify(
             `ai_edge_litert.interpreter.Interpreter`) or an ONNX file (run
             with `onnxruntime` on CPU).
         inputs: one batch: an array, a list in input order, or a dict keyed
-            by input name.
+            by input name. Integers are cast to the dtype of the input
+            (NumPy's default int64 ids to int32); floats are never cast
+            to ids.
 
     Only real positions count: where a model output carries a Keras mask
     (e.g. from `Embedding(mask_zero=True)`), masked positions are skipped.
 
     Returns:
         A `Verification`.
+
+    Raises:
+        TypeError: an input of the wrong kind, e.g. float ids.
+        ValueError: inputs missing or not one per model input, or
+            integers that the input's dtype cannot hold.
     """
     check_model(model)
     artifact_path = os.fspath(artifact_path)
-    named = named_inputs(model, inputs)
+    named = typed_inputs(
+        model,
+        named_inputs(model, inputs),
+        "Received an invalid value for argument `inputs`",
+    )
     expected = _keras_outputs(model, named)
     got = run_artifact(artifact_path, named)
     ops = _ops(artifact_path)

@@ -14,6 +14,7 @@ import pathlib
 import keras
 import numpy as np
 
+from keras_encoder.export._signature import call_inputs
 from keras_encoder.export._signature import check_model
 from keras_encoder.export._signature import check_not_keras_quantized
 from keras_encoder.export._signature import flat_outputs
@@ -63,14 +64,10 @@ def _serving_function(model):
     specs = [
         tf.TensorSpec(t.shape, t.dtype, name=name) for name, t in inputs.items()
     ]
-    dict_input = isinstance(model.input, dict)
 
     @tf.function(input_signature=specs)
     def serve(*args):
-        if dict_input:
-            x = dict(zip(inputs, args, strict=True))
-        else:
-            x = list(args) if len(args) > 1 else args[0]
+        x = call_inputs(model, dict(zip(inputs, args, strict=True)))
         # Output names as in the SavedModel and TFLite signatures.
         return flat_outputs(model(x, training=False))
 

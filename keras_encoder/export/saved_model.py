@@ -6,6 +6,7 @@ declares `keras.Input((None, ...))`).
 """
 
 import os
+import re
 
 import keras
 
@@ -13,10 +14,48 @@ from keras_encoder.export._signature import check_model
 from keras_encoder.export._staging import staged
 
 
+def _symbolic_shape_error(error):
+    """JAX's failure to trace the model with symbolic sizes, as a
+    `ValueError` naming the layer and the way out; None for other errors.
+
+    Under JAX, Keras exports through jax2tf with a symbolic batch and
+    sequence size; a layer that compares one with a number (a length
+    check against `max_length`, a slice of a table) cannot be traced.
+    """
+    # jax._src.export.shape_poly.InconclusiveDimensionOperation: JAX has
+    # no public name for it.
+    if type(error).__name__ != "InconclusiveDimensionOperation":
+        return None
+    text = str(error)
+    layer = re.search(r"calling (\w+)\.call\(\)", text)
+    comparison = re.search(r"comparison (.+?) is inconclusive", text)
+    return ValueError(
+        "Export under the JAX backend traces the model (jax2tf) with "
+        "symbolic batch and sequence sizes, and "
+        + (f"layer {layer.group(1)}" if layer else "a layer")
+        + " compares one with a number"
+        + (f" ({comparison.group(1)})" if comparison else "")
+        + ", which JAX cannot decide for every size. Export under the "
+        "TensorFlow backend: KERAS_BACKEND=tensorflow (a .keras file saved "
+        "under any backend loads there). Received: backend='jax'"
+    )
+
+
 def write_saved_model(model: keras.Model, directory: str) -> None:
     """Export `model` as a SavedModel into `directory`, a new or empty
-    directory (e.g. one from `Staging.add`); no destination checks."""
-    model.export(directory, format="tf_saved_model", verbose=False)
+    directory (e.g. one from `Staging.add`); no destination checks.
+
+    Raises:
+        ValueError: under JAX, a layer that cannot be traced with a
+            symbolic sequence length (see `_symbolic_shape_error`).
+    """
+    try:
+        model.export(directory, format="tf_saved_model", verbose=False)
+    except Exception as error:
+        clear = _symbolic_shape_error(error)
+        if clear is None:
+            raise
+        raise clear from None
 
 
 def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
@@ -30,6 +69,11 @@ def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
 
     Returns:
         `path`.
+
+    Raises:
+        ValueError: the model has no export signature (see `check_model`),
+            or, under JAX, cannot be traced with a symbolic sequence
+            length (export it under TensorFlow then).
     """
     check_model(model)
     path = os.fspath(path)
