@@ -67,6 +67,16 @@ ACTIVATION = Kind(
 # A field's default when absent: REQUIRED, or the value.
 REQUIRED = object()
 
+# The sizes that every family's config.json holds (see each family's
+# `FIELDS`).
+SIZE_FIELDS = {
+    "vocab_size": (POSITIVE_INT, REQUIRED),
+    "hidden_size": (POSITIVE_INT, REQUIRED),
+    "num_hidden_layers": (POSITIVE_INT, REQUIRED),
+    "num_attention_heads": (POSITIVE_INT, REQUIRED),
+    "intermediate_size": (POSITIVE_INT, REQUIRED),
+}
+
 
 def config_error(
     source: str, name: str, expected: str, value: object

@@ -10,6 +10,7 @@ from keras_encoder.convert._common import HF_ACTIVATIONS
 from keras_encoder.convert._common import POSITIVE_INT
 from keras_encoder.convert._common import POSITIVE_NUMBER
 from keras_encoder.convert._common import REQUIRED
+from keras_encoder.convert._common import SIZE_FIELDS
 from keras_encoder.convert._common import Converter
 from keras_encoder.convert._common import Kind
 from keras_encoder.convert._common import apply_blocks
@@ -35,11 +36,7 @@ def _only(value, expected):
 # chunk_size_feed_forward, which only splits the same computation,
 # classifier_dropout) do not change its outputs in eval mode.
 FIELDS = {
-    "vocab_size": (POSITIVE_INT, REQUIRED),
-    "hidden_size": (POSITIVE_INT, REQUIRED),
-    "num_hidden_layers": (POSITIVE_INT, REQUIRED),
-    "num_attention_heads": (POSITIVE_INT, REQUIRED),
-    "intermediate_size": (POSITIVE_INT, REQUIRED),
+    **SIZE_FIELDS,
     "max_position_embeddings": (POSITIVE_INT, REQUIRED),
     "type_vocab_size": (POSITIVE_INT, REQUIRED),
     "hidden_act": (ACTIVATION, "gelu"),

@@ -9,7 +9,7 @@ from keras_encoder.convert._common import BOOLEAN
 from keras_encoder.convert._common import HF_ACTIVATIONS
 from keras_encoder.convert._common import POSITIVE_INT
 from keras_encoder.convert._common import POSITIVE_NUMBER
-from keras_encoder.convert._common import REQUIRED
+from keras_encoder.convert._common import SIZE_FIELDS
 from keras_encoder.convert._common import Converter
 from keras_encoder.convert._common import Kind
 from keras_encoder.convert._common import apply_blocks
@@ -51,11 +51,7 @@ def _unscaled(value):
 # classifier and decoder heads' fields, deterministic_flash_attn,
 # is_decoder, which ModernBertModel ignores) do not change its outputs.
 FIELDS = {
-    "vocab_size": (POSITIVE_INT, REQUIRED),
-    "hidden_size": (POSITIVE_INT, REQUIRED),
-    "num_hidden_layers": (POSITIVE_INT, REQUIRED),
-    "num_attention_heads": (POSITIVE_INT, REQUIRED),
-    "intermediate_size": (POSITIVE_INT, REQUIRED),
+    **SIZE_FIELDS,
     "hidden_activation": (ACTIVATION, "gelu"),
     "norm_eps": (POSITIVE_NUMBER, 1e-5),
     "norm_bias": (BOOLEAN, False),
