@@ -278,6 +278,10 @@ def _export(args):
         raise UsageError(
             f"{args.model}: cannot load ({_one_line(error)})"
         ) from None
+    try:
+        export.model_inputs(model)  # a subclassed model has no signature
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{args.model}: {_one_line(error)}") from None
     calibration = (
         _load_calibration(args.calibration, model) if args.calibration else None
     )

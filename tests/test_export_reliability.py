@@ -110,9 +110,10 @@ def test_cli_exports_a_saved_sequential_model(tmp_path, capsys):
     assert mode(tmp_path / "m.tflite") == 0o644
 
 
+@keras.saving.register_keras_serializable(package="test_export_reliability")
 class Subclassed(keras.Model):
-    def __init__(self):
-        super().__init__()
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
         self.embedding = keras.layers.Embedding(VOCAB, 4)
 
     def call(self, ids):
@@ -147,6 +148,23 @@ def test_subclassed_model_is_refused_up_front(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_cli_refuses_a_saved_subclassed_model_in_one_line(tmp_path, capsys):
+    model = Subclassed()
+    model(padded_ids(2, 3, VOCAB))
+    path = tmp_path / "sub.keras"
+    model.save(path)
+    target = tmp_path / "m.tflite"
+    assert cli.main(["export", str(path), "--tflite", str(target)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(
+        r"keras-encoder: error: .*sub\.keras: Received an invalid value for "
+        r"argument `model`: expected a Functional or Sequential model .*"
+        r"Received: model=Subclassed",
+        line,
+    )
+    assert not target.exists()
+
+
 def _check_tree(root, mask):
     """Every directory under `root` (itself included) is 0777 & ~mask and
     every file 0666 & ~mask."""
@@ -158,7 +176,9 @@ def _check_tree(root, mask):
             assert mode(os.path.join(parent, f)) == 0o666 & ~mask, f
 
 
-@pytest.mark.parametrize("mask", [0o022, 0o077], ids=["022", "077"])
+@pytest.mark.parametrize(
+    "mask", [0o022, 0o077, 0o002], ids=["022", "077", "002"]
+)
 def test_artifacts_get_the_modes_of_a_plain_write(mask, tmp_path):
     model = tiny_model()
     with umask(mask):

@@ -47,11 +47,25 @@ def _mode(target, kind):
         return plain & ~_umask()
 
 
+def _plain_modes_inside(root):
+    """Give everything under the directory `root` the modes of a plain
+    write under the umask: TensorFlow makes a SavedModel's `assets` and
+    `variables` 0755 whatever the umask (0775 under umask 002)."""
+    mask = _umask()
+    for parent, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(parent, name), 0o666 & ~mask)
+
+
 def _install(staged, path, kind):
     """Move the staged artifact `staged` to `path`, replacing what
     `check_destination` allows there (checked again now), with the
     permission bits of `_mode`."""
     target = check_destination(path, kind)
+    if kind == "saved_model":
+        _plain_modes_inside(staged)
     os.chmod(staged, _mode(target, kind))
     if kind != "saved_model" or not os.path.exists(target):
         os.replace(staged, target)
