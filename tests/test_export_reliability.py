@@ -258,36 +258,65 @@ def test_path_through_a_file_is_not_a_directory(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-JAX_EXPORT = """
-import sys, keras, keras_encoder
+# Exports under another backend, one error line per attempt.
+OTHER_BACKEND_EXPORT = """
+import os, sys, keras, keras_encoder
 from keras_encoder import export
-ids = keras.Input((None,), dtype="int32")
+from keras_encoder.testing import padded_ids
+ids = keras.Input((None,), dtype="int32", name="ids")
 x = keras.layers.Embedding(40, 8, mask_zero=True)(ids)
-x = keras_encoder.PositionalEncoding(16)(x)
-x = keras_encoder.EncoderBlock(2, 8)(x)
-try:
-    export.to_saved_model(keras.Model(ids, x), sys.argv[1])
-except ValueError as error:
-    print(error)
+plain = keras.Model(ids, keras_encoder.EncoderBlock(2, 8)(x))
+positioned = keras_encoder.PositionalEncoding(16)(x)
+positions = keras.Model(ids, keras_encoder.EncoderBlock(2, 8)(positioned))
+batches = [{"ids": padded_ids(2, 4, 40, seed=0)}]
+for attempt in (
+    lambda: export.to_saved_model(positions, os.path.join(sys.argv[1], "sm")),
+    lambda: export.to_tflite(
+        plain, os.path.join(sys.argv[1], "m.tflite"), "int8", batches
+    ),
+):
+    try:
+        attempt()
+        print("exported")
+    except ValueError as error:
+        print(error)
 """
 
 
-def test_jax_saved_model_export_names_the_layer_it_cannot_trace(tmp_path):
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_export_under_other_backends_is_refused_with_the_cause(
+    backend, tmp_path
+):
+    """JAX: a layer jax2tf cannot trace is named; int8 TFLite, whose model
+    aborts LiteRT's interpreter, is refused. torch: no TensorFlow graph."""
     result = subprocess.run(
-        [sys.executable, "-c", JAX_EXPORT, str(tmp_path / "sm")],
-        env=dict(os.environ, KERAS_BACKEND="jax"),
+        [sys.executable, "-c", OTHER_BACKEND_EXPORT, str(tmp_path)],
+        env=dict(os.environ, KERAS_BACKEND=backend),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.fullmatch(
+    jax = [
         r"Export under the JAX backend traces the model \(jax2tf\) with "
         r"symbolic batch and sequence sizes, and layer PositionalEncoding "
         r"compares one with a number \('\w+' > '16'\), which JAX cannot "
         r"decide for every size\. Export under the TensorFlow backend: "
         r"KERAS_BACKEND=tensorflow \(a \.keras file saved under any backend "
-        r"loads there\)\. Received: backend='jax'\n",
-        result.stdout,
-    ), result.stdout
+        r"loads there\)\. Received: backend='jax'",
+        r"Received an invalid value for argument `quantize`: int8 TFLite of "
+        r"a model traced under the JAX backend \(jax2tf\) converts, but "
+        r"LiteRT's interpreter aborts the process running it: .* Received: "
+        r"quantize='int8', backend='jax'",
+    ]
+    torch = [
+        r"SavedModel and TFLite export trace the model into a TensorFlow "
+        r"graph, which Keras cannot do from the torch backend .* Received: "
+        r"backend='torch'"
+    ] * 2
+    lines = result.stdout.splitlines()
+    expected = {"jax": jax, "torch": torch}[backend]
+    assert len(lines) == len(expected), result.stdout
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), line
     assert os.listdir(tmp_path) == []

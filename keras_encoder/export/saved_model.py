@@ -46,9 +46,18 @@ def write_saved_model(model: keras.Model, directory: str) -> None:
     directory (e.g. one from `Staging.add`); no destination checks.
 
     Raises:
-        ValueError: under JAX, a layer that cannot be traced with a
-            symbolic sequence length (see `_symbolic_shape_error`).
+        ValueError: under torch; under JAX, a layer that cannot be traced
+            with a symbolic sequence length (see `_symbolic_shape_error`).
     """
+    if keras.backend.backend() == "torch":
+        raise ValueError(
+            "SavedModel and TFLite export trace the model into a TensorFlow "
+            "graph, which Keras cannot do from the torch backend for these "
+            "models (torch.export refuses their dynamic batch and sequence "
+            "axes): build or load the model with KERAS_BACKEND=tensorflow "
+            "(a .keras file saved under any backend loads there). Received: "
+            "backend='torch'"
+        )
     try:
         model.export(directory, format="tf_saved_model", verbose=False)
     except Exception as error:

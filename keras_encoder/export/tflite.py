@@ -136,6 +136,18 @@ def tflite_bytes(
         ValueError: the model was quantized by Keras.
     """
     check_not_keras_quantized(model, "builtin-ops TFLite")
+    if quantize == "int8" and keras.backend.backend() == "jax":
+        # Measured (ai-edge-litert 2.3, TensorFlow 2.21): the int8 model
+        # of the jax2tf graph converts, then aborts the process (SIGABRT)
+        # in LiteRT's interpreter at its first run.
+        raise ValueError(
+            "Received an invalid value for argument `quantize`: int8 TFLite "
+            "of a model traced under the JAX backend (jax2tf) converts, but "
+            "LiteRT's interpreter aborts the process running it: build or "
+            "load the model with KERAS_BACKEND=tensorflow for int8 (a .keras "
+            "file saved under any backend loads there). Received: "
+            "quantize='int8', backend='jax'"
+        )
     with tempfile.TemporaryDirectory(prefix="keras_encoder.") as tmp:
         saved_model = os.path.join(tmp, "saved_model")
         write_saved_model(model, saved_model)
