@@ -169,6 +169,9 @@ class Hook:
         return None
 
 
+# Ctrl-C as in a terminal's foreground job: a background job of a
+# non-interactive shell (as CI runs the suite) starts with SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.stderr.flush()
 os.write(2, b"imported-marker\\n")  # before the package: not held
 sys.meta_path.insert(0, Hook())
