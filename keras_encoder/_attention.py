@@ -161,8 +161,8 @@ def fused(query, key, value, mask, *, scale):
     kernel_bias = None
     keep = None  # (B, S, 1 or H, 1): False for query rows that attend nothing
     is_causal = False
+    dtype = backend.standardize_dtype(query.dtype)
     if mask.bias is not None:
-        dtype = backend.standardize_dtype(query.dtype)
         # Saturated at the dtype's range: an infinite bias (a float16
         # overflow of Keras's autocast) would make NaN of its row.
         kernel_bias = ops.clip(
@@ -193,8 +193,8 @@ def fused(query, key, value, mask, *, scale):
             keep = ops.expand_dims(ops.expand_dims(pad, 2), 3)
     else:
         kernel_mask, keep = _open_empty_rows(mask.dense())
-    dtype = backend.standardize_dtype(query.dtype)
-    if dtype == "float16" and _jax_on_cpu():
+    upcast = dtype == "float16" and _jax_on_cpu()
+    if upcast:
         # jit(grad(jax.nn.dot_product_attention)) in float16 fails on CPU:
         # "The precision 'F16_F16_F32' is not supported by dot_general on
         # CPU" (JAX 0.10.2). CPU has no flash kernel to lose: float32.
@@ -212,7 +212,8 @@ def fused(query, key, value, mask, *, scale):
         scale=scale,
         is_causal=is_causal,
     )
-    context = ops.cast(context, dtype)
+    if upcast:
+        context = ops.cast(context, dtype)
     if keep is not None:
         context = ops.where(keep, context, ops.zeros_like(context))
     return context
