@@ -235,7 +235,11 @@ def replace_padded(inputs, padding):
     """
     if padding is None:
         return inputs
-    row = ops.cast(padding_row(inputs.shape[-1]), inputs.dtype)
+    # (1, ..., 1, width): a constant of the inputs' rank, which
+    # ai-edge-quantizer needs to give it the output's int16 scale.
+    row = padding_row(inputs.shape[-1])
+    row = row.reshape((1,) * (len(inputs.shape) - 1) + row.shape)
+    row = ops.cast(row, inputs.dtype)
     return ops.where(ops.expand_dims(padding, -1), inputs, row)
 
 

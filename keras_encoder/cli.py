@@ -1,11 +1,12 @@
 """The `keras-encoder` command: export a `.keras` model, inspect a `.tflite`.
 
     keras-encoder export MODEL.keras [--saved-model DIR] [--tflite FILE]
-        [--onnx FILE] [--quantize float16|dynamic|int8]
+        [--onnx FILE] [--quantize float16|dynamic|int8|int16x8]
         [--calibration FILE.npy|.npz] [--seq-len N ...]
     keras-encoder inspect FILE.tflite
 
-Bad input (a missing file, not a Keras file, int8 without calibration data,
+Bad input (a missing file, not a Keras file, int8 or int16x8 without
+calibration data, int16x8 without ai-edge-quantizer,
 bad calibration data, an unwritable path, a destination that holds
 something other than an artifact of the same kind, the same path twice)
 prints one line to stderr and exits with status 2, before anything is
@@ -263,11 +264,16 @@ def _export(args):
     _check_keras_file(args.model)
     if args.quantize and not args.tflite:
         raise UsageError("--quantize needs --tflite FILE")
-    if args.quantize == "int8" and not args.calibration:
+    if args.quantize in export.CALIBRATED_MODES and not args.calibration:
         raise UsageError(
-            "--quantize int8 needs --calibration FILE.npy|.npz (representative "
-            "inputs to calibrate activation ranges)"
+            f"--quantize {args.quantize} needs --calibration FILE.npy|.npz "
+            "(representative inputs to calibrate activation ranges)"
         )
+    if args.quantize == "int16x8":
+        try:
+            export.check_quantizer_installed()
+        except ImportError as error:
+            raise UsageError(str(error)) from None
     if any(n < 1 for n in args.seq_len or []):
         raise UsageError("--seq-len values must be positive")
     _check_destinations(args)
@@ -411,7 +417,9 @@ def _parser():
         "--onnx", metavar="FILE", help="also write an ONNX model (float32)"
     )
     export_command.add_argument(
-        "--quantize", choices=["float16", "dynamic", "int8"], default=None
+        "--quantize",
+        choices=[mode for mode in export.QUANTIZE_MODES if mode],
+        default=None,
     )
     export_command.add_argument("--calibration", metavar="FILE.npy|.npz")
     export_command.add_argument(

@@ -2,9 +2,25 @@ import keras
 from keras import ops
 
 from keras_encoder import _checks
+from keras_encoder import _lowering
 from keras_encoder import _masking
 
 POOLING_MODES = ("mean", "cls")
+
+
+def _weighted_mean(states, real):
+    """The mean of `states` (B, S, H) over the real positions `real` (B, S)
+    as `sum(states * w)` with `w` a softmax over 0 at real and -1e4 at
+    padded positions, for integer quantization (see `_lowering`); 0 for a
+    sequence with no real token."""
+    if real is None:
+        real = ops.ones(ops.shape(states)[:2], "bool")
+    weights = ops.softmax(ops.where(real, 0.0, -1e4), axis=-1)  # (B, S)
+    weights = ops.where(ops.any(real, axis=-1, keepdims=True), weights, 0.0)
+    keep = ops.expand_dims(real, -1)  # (B, S, 1)
+    # `where` first: a padded state is never multiplied (0 * inf is NaN).
+    states = ops.where(keep, states, 0.0)
+    return ops.sum(states * ops.expand_dims(weights, -1), axis=1)
 
 
 @keras.saving.register_keras_serializable(package="keras_encoder")
@@ -55,6 +71,8 @@ class SentencePooling(keras.layers.Layer):
             pooled = ops.sum(
                 ops.where(ops.expand_dims(keep, -1), states, 0.0), axis=1
             )
+        elif _lowering.is_integer_friendly():
+            pooled = _weighted_mean(states, real)
         else:
             if real is None:
                 total = ops.sum(states, axis=1)
@@ -69,7 +87,10 @@ class SentencePooling(keras.layers.Layer):
             # token is real, and gives 0 there (and for zero length), not
             # 0 / 0.
             pooled = total / ops.maximum(count, 1.0)
-        if self.normalize:
+        if self.normalize and _lowering.is_integer_friendly():
+            squares = ops.sum(ops.square(pooled), axis=-1, keepdims=True)
+            pooled = pooled * ops.rsqrt(ops.maximum(squares, 1e-12))
+        elif self.normalize:
             # A zero vector stays 0 (sentence-transformers divides by
             # max(norm, 1e-12)). No tiny constant: a float16 TFLite export
             # stores 1e-12 as 0 and computed 0 / 0 = NaN; and no sqrt(0),

@@ -49,7 +49,10 @@ def calibration(tmp_path_factory):
     return path
 
 
-def test_export_prints_parity_table(model_file, calibration, tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_export_prints_parity_table(
+    mode, model_file, calibration, tmp_path, capsys
+):
     saved, tflite = tmp_path / "saved_model", tmp_path / "model.tflite"
     code = cli.main(
         [
@@ -60,7 +63,7 @@ def test_export_prints_parity_table(model_file, calibration, tmp_path, capsys):
             "--tflite",
             str(tflite),
             "--quantize",
-            "int8",
+            mode,
             "--calibration",
             str(calibration),
             "--seq-len",
@@ -352,6 +355,10 @@ BAD_EXPORTS = {
         lambda tmp, model, cal: _to_tflite(model, tmp, "--quantize", "int8"),
         r"--quantize int8 needs --calibration",
     ),
+    "int16x8 without calibration": (
+        lambda tmp, model, cal: _to_tflite(model, tmp, "--quantize", "int16x8"),
+        r"--quantize int16x8 needs --calibration",
+    ),
     "missing calibration file": (
         lambda tmp, model, cal: _to_tflite(
             model,
@@ -395,6 +402,24 @@ def test_bad_export_input(case, model_file, calibration, tmp_path, capsys):
     # Nothing partially written: only the inputs the case itself made.
     leftovers = {p.name for p in work.iterdir()}
     assert leftovers <= {"notes.keras", "other.keras"}, leftovers
+
+
+def test_int16x8_without_the_quantizer_is_one_line(
+    model_file, calibration, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)
+    tflite = tmp_path / "m.tflite"
+    code = cli.main(
+        ["export", str(model_file), "--tflite", str(tflite)]
+        + ["--quantize", "int16x8", "--calibration", str(calibration)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and not tflite.exists()
+    assert err.splitlines() == [
+        'keras-encoder: error: quantize="int16x8" needs Google\'s '
+        "ai-edge-quantizer: pip install ai-edge-quantizer (or "
+        "keras-encoder[quantizer])"
+    ]
 
 
 def _onnx_model_bytes():

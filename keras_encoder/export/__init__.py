@@ -1,11 +1,13 @@
 """Export Keras models to SavedModel (TF Serving), TFLite (LiteRT) and ONNX.
 
 One module per format, each with its `to_<format>` function:
-`saved_model` (`to_saved_model`), `tflite` (`to_tflite`, builtin ops only,
-with float16, dynamic-range and int8 quantization; `describe_tflite` and
-the op listing) and `onnx` (`to_onnx` through tf2onnx). `run_artifact`
-runs any of them on CPU; `verify` runs an artifact and the Keras model on
-the same inputs (e.g. `sample_inputs`) and reports their agreement at real
+`saved_model` (`to_saved_model`), `tflite` (`to_tflite`, builtin ops
+only, with float16, dynamic-range, int8 and int16x8 quantization, the
+last through `ai-edge-quantizer` (`check_quantizer_installed`);
+`describe_tflite`, the op listing, and `tflite_precision`, the ops left
+in float) and `onnx` (`to_onnx` through tf2onnx). `run_artifact` runs
+any of them on CPU; `verify` runs an artifact and the Keras model on the
+same inputs (e.g. `sample_inputs`) and reports their agreement at real
 (unmasked) positions.
 
 Shared by all formats: destinations are checked before any work
@@ -17,8 +19,8 @@ renamed into place (`Staging`), so a failure (or Ctrl-C) never leaves a
 half-written artifact or a temporary file behind; installed, they get the
 modes of a plain write under the umask (or keep those of the artifact
 they replace). The model's signature (`model_inputs`, `input_names`,
-`vocabularies`, `max_length`) names the inputs and bounds int8
-calibration data (`calibration_batches`); Functional and Sequential
+`vocabularies`, `max_length`) names the inputs and bounds int8 and
+int16x8 calibration data (`calibration_batches`); Functional and Sequential
 models have one, a subclassed model is refused up front.
 
 The lower-level pieces (`tflite_bytes`, `onnx_bytes`, `write_saved_model`,
@@ -27,6 +29,7 @@ such as the `keras-encoder` command stage several artifacts, check them
 all, and only then install them.
 """
 
+from keras_encoder.export._ai_edge import check_quantizer_installed
 from keras_encoder.export._calibration import calibration_batches
 from keras_encoder.export._calibration import check_calibration_batch
 from keras_encoder.export._destination import check_destination
@@ -46,6 +49,7 @@ from keras_encoder.export.onnx import onnx_ops
 from keras_encoder.export.onnx import to_onnx
 from keras_encoder.export.saved_model import to_saved_model
 from keras_encoder.export.saved_model import write_saved_model
+from keras_encoder.export.tflite import CALIBRATED_MODES
 from keras_encoder.export.tflite import QUANTIZE_MODES
 from keras_encoder.export.tflite import FlexOpsError
 from keras_encoder.export.tflite import describe_tflite
@@ -54,9 +58,11 @@ from keras_encoder.export.tflite import is_builtin_only
 from keras_encoder.export.tflite import litert_runner
 from keras_encoder.export.tflite import tflite_bytes
 from keras_encoder.export.tflite import tflite_ops
+from keras_encoder.export.tflite import tflite_precision
 from keras_encoder.export.tflite import to_tflite
 
 __all__ = [
+    "CALIBRATED_MODES",
     "ONNX_OPSET",
     "QUANTIZE_MODES",
     "FlexOpsError",
@@ -65,6 +71,7 @@ __all__ = [
     "calibration_batches",
     "check_calibration_batch",
     "check_destination",
+    "check_quantizer_installed",
     "describe_tflite",
     "destination_problem",
     "flex_hint",
@@ -79,6 +86,7 @@ __all__ = [
     "sample_inputs",
     "tflite_bytes",
     "tflite_ops",
+    "tflite_precision",
     "to_onnx",
     "to_saved_model",
     "to_tflite",

@@ -11,6 +11,11 @@ likely fix. Quantization modes:
 - `"int8"`: full integer quantization, calibrated on `representative_data`.
   Every op with an int8 kernel runs in int8; the inputs and outputs stay
   as the model declares them (int32 ids, float outputs).
+- `"int16x8"`: int16 activations and int8 weights, calibrated on
+  `representative_data`, through `ai-edge-quantizer` (an optional
+  dependency): the model is traced in its integer-friendly formulation
+  (`keras_encoder._lowering`), that float graph is checked against the
+  Keras model, then quantized.
 
 `tflite_ops`, `is_builtin_only` and `describe_tflite` read a flatbuffer;
 `litert_runner` runs one.
@@ -26,14 +31,23 @@ import warnings
 import keras
 import numpy as np
 
+from keras_encoder import _lowering
+from keras_encoder.export import _ai_edge
 from keras_encoder.export._calibration import calibration_batches
+from keras_encoder.export._signature import call_inputs
 from keras_encoder.export._signature import check_model
 from keras_encoder.export._signature import check_not_keras_quantized
+from keras_encoder.export._signature import flat_outputs
 from keras_encoder.export._signature import nested_layers
 from keras_encoder.export._staging import staged
 from keras_encoder.export.saved_model import write_saved_model
 
-QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
+QUANTIZE_MODES = (None, "float16", "dynamic", "int8", "int16x8")
+CALIBRATED_MODES = ("int8", "int16x8")
+# How far the integer-friendly float graph may be from the Keras model
+# before it is quantized: max abs difference over the calibration batches,
+# relative to the largest output (at least 1).
+LOWERING_TOLERANCE = 1e-5
 
 
 class FlexOpsError(ValueError):
@@ -95,11 +109,13 @@ def _check_quantize(quantize, representative_data):
             "Received an invalid value for argument `quantize`: expected one "
             f"of {QUANTIZE_MODES}. Received: quantize={quantize!r}"
         )
-    if quantize == "int8" and representative_data is None:
+    if quantize in CALIBRATED_MODES and representative_data is None:
         raise ValueError(
-            'quantize="int8" needs `representative_data`: an iterable of '
-            "input batches to calibrate activation ranges on"
+            f'quantize="{quantize}" needs `representative_data`: an '
+            "iterable of input batches to calibrate activation ranges on"
         )
+    if quantize == "int16x8":
+        _ai_edge.check_quantizer_installed()
 
 
 def _converter(saved_model, quantize, batches):
@@ -128,26 +144,66 @@ def tflite_bytes(
     Args:
         model: a built `keras.Model`.
         quantize: one of `QUANTIZE_MODES`. Defaults to `None` (float32).
-        batches: for `"int8"`, the calibration batches, checked (see
-            `calibration_batches`).
+        batches: for `"int8"` and `"int16x8"`, the calibration batches,
+            checked (see `calibration_batches`).
 
     Raises:
         FlexOpsError: the model needs ops outside the TFLite builtins.
         ValueError: the model was quantized by Keras.
+        AssertionError: for `"int16x8"`, the integer-friendly float graph
+            is not the model's function (see `check_lowering`).
     """
     check_not_keras_quantized(model, "builtin-ops TFLite")
-    if quantize == "int8" and keras.backend.backend() == "jax":
+    if quantize in CALIBRATED_MODES and keras.backend.backend() == "jax":
         # Measured (ai-edge-litert 2.3, TensorFlow 2.21): the int8 model
         # of the jax2tf graph converts, then aborts the process (SIGABRT)
-        # in LiteRT's interpreter at its first run.
+        # in LiteRT's interpreter at its first run. int16x8 (the same
+        # runtime) is not tried there.
         raise ValueError(
-            "Received an invalid value for argument `quantize`: int8 TFLite "
-            "of a model traced under the JAX backend (jax2tf) converts, but "
-            "LiteRT's interpreter aborts the process running it: build or "
-            "load the model with KERAS_BACKEND=tensorflow for int8 (a .keras "
-            "file saved under any backend loads there). Received: "
-            "quantize='int8', backend='jax'"
+            "Received an invalid value for argument `quantize`: integer "
+            "TFLite of a model traced under the JAX backend (jax2tf) "
+            "converts, but LiteRT's interpreter aborts the process running "
+            "it: build or load the model with KERAS_BACKEND=tensorflow for "
+            "int8 and int16x8 (a .keras file saved under any backend loads "
+            f"there). Received: quantize={quantize!r}, backend='jax'"
         )
+    if quantize == "int16x8":
+        with _lowering.integer_friendly():
+            flatbuffer = _convert(model, None, None)
+        check_lowering(model, flatbuffer, batches)
+        return _ai_edge.int16x8(flatbuffer, batches)
+    return _convert(model, quantize, batches)
+
+
+def check_lowering(model: keras.Model, flatbuffer: bytes, batches) -> None:
+    """Check that `flatbuffer`, the float32 TFLite model of `model` traced
+    in its integer-friendly formulation, computes what `model` computes on
+    `batches`: max abs difference at most `LOWERING_TOLERANCE` times the
+    largest output (at least 1). Raises `AssertionError` if not: a bug in
+    a layer's integer-friendly formulation, not in the user's model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=flatbuffer).get_signature_runner()
+    for index, batch in enumerate(batches):
+        expected = flat_outputs(
+            model(call_inputs(model, batch), training=False)
+        )
+        got = runner(**batch)
+        for name, want in expected.items():
+            want = keras.ops.convert_to_numpy(want).astype(np.float64)
+            scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+            worst = float(np.max(np.abs(got[name] - want), initial=0.0))
+            if not worst <= LOWERING_TOLERANCE * scale:
+                raise AssertionError(
+                    f"The integer-friendly graph differs from the model on "
+                    f"calibration batch {index}, output {name!r}: max abs "
+                    f"difference {worst:.3g} > {LOWERING_TOLERANCE:g} x "
+                    f"{scale:.3g}. Please report this as a bug."
+                )
+
+
+def _convert(model, quantize, batches):
+    """The TFLite flatbuffer of `model` with TensorFlow's converter."""
     with tempfile.TemporaryDirectory(prefix="keras_encoder.") as tmp:
         saved_model = os.path.join(tmp, "saved_model")
         write_saved_model(model, saved_model)
@@ -179,9 +235,10 @@ def to_tflite(
         path: the `.tflite` file to write. An existing TFLite model (or
             empty file) there is replaced; anything else is refused before
             any work (see `check_destination`).
-        quantize: `None` (float32), `"float16"`, `"dynamic"` or `"int8"`.
-            Defaults to `None`.
-        representative_data: for `"int8"` (required there), one batch (an
+        quantize: `None` (float32), `"float16"`, `"dynamic"`, `"int8"` or
+            `"int16x8"` (needs `ai-edge-quantizer`). Defaults to `None`.
+        representative_data: for `"int8"` and `"int16x8"` (required
+            there), one batch (an
             array for a single-input model, or a dict keyed by input name)
             or an iterable of batches, each an array, a list in input
             order, or a dict; ignored by the other modes. Checked before
@@ -206,7 +263,7 @@ def to_tflite(
     path = os.fspath(path)
     with staged(path, "tflite") as temporary:
         batches = None
-        if quantize == "int8":
+        if quantize in CALIBRATED_MODES:
             batches = calibration_batches(model, representative_data)
         flatbuffer = tflite_bytes(model, quantize, batches)
         pathlib.Path(temporary).write_bytes(flatbuffer)
@@ -246,6 +303,44 @@ def tflite_ops(flatbuffer: bytes) -> dict:
     return dict(counts)
 
 
+MATMUL_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
+
+
+def tflite_precision(flatbuffer: bytes) -> dict:
+    """Which ops of a TFLite flatbuffer (bytes) compute in float.
+
+    Returns a dict with `float_ops`, {op name: count} of the ops with a
+    float (float32 or float16) output, `DEQUANTIZE` included (empty for a
+    model where everything between its inputs and outputs is integer), and
+    `matmul_inputs`, {dtype name: count} of the activation (first) input
+    of each `FULLY_CONNECTED` and `BATCH_MATMUL`.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    builtins = _builtin_operators()
+    dtypes = {
+        code: name.lower()
+        for name, code in vars(schema.TensorType).items()
+        if not name.startswith("_")
+    }
+    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    float_ops = collections.Counter()
+    matmul_inputs = collections.Counter()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators or []:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = builtins.get(
+                max(code.builtinCode, code.deprecatedBuiltinCode),
+                code.customCode.decode() if code.customCode else "CUSTOM",
+            )
+            outputs = [dtypes[subgraph.tensors[i].type] for i in op.outputs]
+            if {"float32", "float16"} & set(outputs):
+                float_ops[name] += 1
+            if name in MATMUL_OPS:
+                matmul_inputs[dtypes[subgraph.tensors[op.inputs[0]].type]] += 1
+    return {"float_ops": dict(float_ops), "matmul_inputs": dict(matmul_inputs)}
+
+
 def is_builtin_only(ops) -> bool:
     """Whether every op named in `ops` is a TFLite builtin."""
     return set(ops) <= set(_builtin_operators().values())
@@ -282,13 +377,16 @@ def describe_tflite(path: str | os.PathLike) -> dict:
     """Inputs, outputs, op counts, size and builtin-only flag of a model.
 
     Returns a dict with `inputs` and `outputs` (lists of name, shape with
-    -1 for dynamic axes, dtype), `ops`, `size_bytes` and `builtin_only`.
+    -1 for dynamic axes, dtype), `ops`, `size_bytes`, `builtin_only`, and
+    `float_ops` and `matmul_inputs` (see `tflite_precision`: what an
+    integer-only accelerator would have to leave to the CPU).
     """
     with open(path, "rb") as f:
         flatbuffer = f.read()
     ops = tflite_ops(flatbuffer)
     described = {
         "ops": ops,
+        **tflite_precision(flatbuffer),
         "size_bytes": len(flatbuffer),
         "builtin_only": is_builtin_only(ops),
         "inputs": [],
