@@ -288,8 +288,9 @@ for attempt in (
 def test_export_under_other_backends_is_refused_with_the_cause(
     backend, tmp_path
 ):
-    """JAX: a layer jax2tf cannot trace is named; int8 TFLite, whose model
-    aborts LiteRT's interpreter, is refused. torch: no TensorFlow graph."""
+    """JAX: a layer jax2tf cannot trace is named; integer TFLite, whose
+    model aborts LiteRT's interpreter, is refused. torch: no TensorFlow
+    graph."""
     result = subprocess.run(
         [sys.executable, "-c", OTHER_BACKEND_EXPORT, str(tmp_path)],
         env=dict(os.environ, KERAS_BACKEND=backend),
@@ -305,8 +306,8 @@ def test_export_under_other_backends_is_refused_with_the_cause(
         r"decide for every size\. Export under the TensorFlow backend: "
         r"KERAS_BACKEND=tensorflow \(a \.keras file saved under any backend "
         r"loads there\)\. Received: backend='jax'",
-        r"Received an invalid value for argument `quantize`: int8 TFLite of "
-        r"a model traced under the JAX backend \(jax2tf\) converts, but "
+        r"Received an invalid value for argument `quantize`: integer TFLite "
+        r"of a model traced under the JAX backend \(jax2tf\) converts, but "
         r"LiteRT's interpreter aborts the process running it: .* Received: "
         r"quantize='int8', backend='jax'",
     ]

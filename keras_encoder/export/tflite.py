@@ -17,8 +17,8 @@ likely fix. Quantization modes:
   (`keras_encoder._lowering`), that float graph is checked against the
   Keras model, then quantized.
 
-`tflite_ops`, `is_builtin_only` and `describe_tflite` read a flatbuffer;
-`litert_runner` runs one.
+`tflite_ops`, `tflite_precision`, `is_builtin_only` and `describe_tflite`
+read a flatbuffer; `litert_runner` runs one.
 """
 
 import collections
@@ -238,17 +238,17 @@ def to_tflite(
         quantize: `None` (float32), `"float16"`, `"dynamic"`, `"int8"` or
             `"int16x8"` (needs `ai-edge-quantizer`). Defaults to `None`.
         representative_data: for `"int8"` and `"int16x8"` (required
-            there), one batch (an
-            array for a single-input model, or a dict keyed by input name)
-            or an iterable of batches, each an array, a list in input
-            order, or a dict; ignored by the other modes. Checked before
-            conversion (see `calibration_batches`): integer ids within the
-            vocabulary of the Embedding an input feeds, sequences no longer
-            than the model's `max_length`. A few hundred examples of real
-            data calibrate well. They must cover the sequence lengths and
-            padding you will run: every activation is calibrated,
-            including, e.g., the token count of a masked mean, which
-            saturates at inference if calibration never saw it.
+            there), one batch (an array for a single-input model, or a dict
+            keyed by input name) or an iterable of batches, each an array,
+            a list in input order, or a dict; ignored by the other modes.
+            Checked before conversion (see `calibration_batches`): integer
+            ids within the vocabulary of the Embedding an input feeds,
+            sequences no longer than the model's `max_length`. A few
+            hundred examples of real data calibrate well. They must cover
+            the sequence lengths and padding you will run: every
+            activation is calibrated, including, e.g., the token count of
+            a masked mean, which saturates at inference if calibration
+            never saw it.
 
     Returns:
         `path`.
