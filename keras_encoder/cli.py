@@ -304,6 +304,12 @@ def _export(args):
         except (OSError, RuntimeError, TypeError, ValueError) as error:
             interrupts.check()
             raise UsageError(_one_line(error)) from None
+        except Exception:
+            # A Ctrl-C that TensorFlow turned into another error while it
+            # traced (seen: AttributeError "'SymbolicTensor' object has no
+            # attribute '_type_spec'") is the Ctrl-C.
+            interrupts.check()
+            raise
         finally:
             interrupts.ignore()
             staging.close()

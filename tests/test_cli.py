@@ -764,6 +764,32 @@ def test_replaces_previous_artifacts_and_nothing_else(
     assert os.listdir(work.parent / "tmp") == []
 
 
+def test_interrupt_that_tensorflow_turns_into_another_error(
+    model_file, tmp_path, monkeypatch
+):
+    """TensorFlow can turn a Ctrl-C into another exception while it traces
+    (seen: AttributeError from its nest.flatten): still exit 130, nothing
+    written."""
+
+    def interrupted_stage(*args):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise AttributeError(
+                "'SymbolicTensor' object has no attribute '_type_spec'"
+            ) from None
+        raise AssertionError("SIGINT did not interrupt")
+
+    monkeypatch.setattr(cli, "_stage", interrupted_stage)
+    tflite = tmp_path / "m.tflite"
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code = cli.main(["export", str(model_file), "--tflite", str(tflite)])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # main ignores a second one
+    assert code == 130 and not tflite.exists()
+
+
 def test_interrupt_leaves_nothing(user_dir_template, tmp_path):
     """Ctrl-C in the middle of an export: exit 130, the destinations as
     they were, no temporary file beside them or in TMPDIR."""
